@@ -1,0 +1,113 @@
+"""`voicegate` command line: make-checkpoint, synth (serve and wyoming join as the server lands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import wave
+from pathlib import Path
+
+DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+
+
+def _write_wav(path: Path, audio, sample_rate: int = 24000) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm.tobytes())
+
+
+def cmd_make_checkpoint(args: argparse.Namespace) -> int:
+    from tts_engine.checkpoint import make_checkpoint
+
+    started = time.perf_counter()
+    out = make_checkpoint(args.dir, size=args.size, kind=args.kind, seed=args.seed)
+    print(f"wrote a random {args.size} {args.kind} checkpoint (seed {args.seed}) to {out} "
+          f"in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from tts_engine.loading import load_model
+
+    if args.feed != "all":
+        print("error: --feed word|char arrives with the streaming engine; use --feed all", file=sys.stderr)
+        return 2
+    torch.manual_seed(args.seed)
+    model = load_model(args.model, device=args.device)
+    xvector = None
+    if args.xvector:
+        xvector = torch.from_numpy(np.load(args.xvector)).float()
+    speaker = args.speaker
+    if speaker is None and model.config.tts_model_type == "custom_voice":
+        speaker = model.speakers[0]
+    started = time.perf_counter()
+    result = model.synthesize(args.text, speaker=speaker, language=args.language, instruct=args.instruct,
+                              xvector=xvector, non_streaming=args.non_streaming, greedy=args.greedy,
+                              seed=args.seed, max_frames=args.max_frames, eos_policy=args.eos_policy)
+    elapsed = time.perf_counter() - started
+    _write_wav(Path(args.out), result.audio)
+    if args.codes_out:
+        np.save(args.codes_out, result.codes.numpy().astype(np.int64))
+    seconds = result.audio.shape[0] / 24000
+    print(json.dumps({"out": args.out, "frames": int(result.codes.shape[0]), "audio_s": round(seconds, 3),
+                      "elapsed_s": round(elapsed, 3), "ended_by": result.ended_by, "speaker": speaker}),
+          file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicegate", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mk = sub.add_parser("make-checkpoint", help="write random weights in the official checkpoint layout")
+    mk.add_argument("dir")
+    mk.add_argument("--size", choices=("tiny", "0.6b", "1.7b"), default="tiny")
+    mk.add_argument("--kind", choices=("custom_voice", "base", "voice_design"), default="custom_voice")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.set_defaults(func=cmd_make_checkpoint)
+
+    sy = sub.add_parser("synth", help="synthesize text to a WAV file")
+    sy.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub id")
+    sy.add_argument("--text", required=True)
+    sy.add_argument("--speaker", help="preset speaker (CustomVoice; default: the first one)")
+    sy.add_argument("--language", default="auto")
+    sy.add_argument("--instruct", help="style instruction (1.7B CustomVoice, VoiceDesign)")
+    sy.add_argument("--xvector", help=".npy speaker x-vector for a Base checkpoint")
+    sy.add_argument("--greedy", action="store_true", help="argmax after the official logits processors")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--max-frames", type=int)
+    sy.add_argument("--feed", choices=("all", "word", "char"), default="all")
+    sy.add_argument("--non-streaming", action="store_true", help="the official non-streaming prompt layout")
+    sy.add_argument("--eos-policy", choices=("default", "official"), default="default")
+    sy.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    sy.add_argument("--out", required=True, help="output WAV (24 kHz mono 16-bit)")
+    sy.add_argument("--codes-out", help="write the codes as int64 .npy of shape (T, 16)")
+    sy.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:  # CheckpointError and bad input: one clear line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""`voicegate make-checkpoint`: random weights in the official Qwen3-TTS 12 Hz repository layout.
+
+DIR/config.json, generation_config.json, model.safetensors, tokenizer files, and
+DIR/speech_tokenizer/{config.json, configuration.json, preprocessor_config.json, model.safetensors}.
+The output loads strictly in voicegate and in the official `qwen-tts` package. Sizes: `tiny` (tests:
+seconds on 2 CPU cores) and the real `0.6b` / `1.7b` shapes (speed measurements).
+
+Random weights cannot know when to stop talking, so the talker's EOS row is aimed at the tts_pad text
+vector: once the text (and its tts_eos) has been fed, P rides on every input and EOS wins within a few
+frames, as a trained model's would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import (
+    CodePredictorConfig,
+    Qwen3TTSConfig,
+    SpeakerEncoderConfig,
+    SpeechTokenizerConfig,
+    TalkerConfig,
+)
+from .model.codec_decoder import CodecDecoder, tiny_codec_decoder_config
+from .model.codec_decoder import init_random_ as init_codec_decoder_
+from .model.codec_encoder import CodecEncoder, real_mimi_config, tiny_mimi_config
+from .model.codec_encoder import init_random_ as init_codec_encoder_
+from .model.qwen3_tts import Qwen3TTS
+from .model.speaker_encoder import tiny_speaker_encoder_config
+from .text_vocab import write_qwen2_tokenizer
+
+SIZES = ("tiny", "0.6b", "1.7b")
+KINDS = ("custom_voice", "base", "voice_design")
+
+LANGUAGES = {
+    "chinese": 2055, "english": 2050, "german": 2053, "italian": 2070, "portuguese": 2071, "spanish": 2054,
+    "japanese": 2058, "korean": 2064, "french": 2061, "russian": 2069,
+    "beijing_dialect": 2074, "sichuan_dialect": 2062,
+}
+# Ids of vivian/serena/ryan/dylan/eric are the released ones; the other four were not published where we
+# could read them, so they are placeholders in free rows of the codec table.
+SPEAKERS = {
+    "vivian": 3065, "serena": 3066, "uncle_fu": 3010, "ryan": 3061, "aiden": 2861, "ono_anna": 2873,
+    "sohee": 2864, "eric": 2875, "dylan": 2878,
+}
+DIALECTS = {"dylan": "beijing_dialect", "eric": "sichuan_dialect"}
+
+GENERATION_CONFIG = {
+    "do_sample": True, "top_k": 50, "top_p": 1.0, "temperature": 0.9, "repetition_penalty": 1.05,
+    "subtalker_dosample": True, "subtalker_top_k": 50, "subtalker_top_p": 1.0, "subtalker_temperature": 0.9,
+    "max_new_tokens": 8192,
+}
+
+
+def model_config(size: str, kind: str) -> Qwen3TTSConfig:
+    if size not in SIZES or kind not in KINDS:
+        raise ValueError(f"size must be one of {SIZES} and kind one of {KINDS}, got {size!r}, {kind!r}")
+    if size == "tiny":
+        # Predictor narrower than the talker so the 1.7B-style input projection is exercised.
+        predictor = CodePredictorConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        talker = TalkerConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=16, text_hidden_size=32,
+                              code_predictor_config=predictor)
+        speaker = tiny_speaker_encoder_config(enc_dim=talker.hidden_size)
+    else:
+        big = size == "1.7b"
+        talker = TalkerConfig(hidden_size=2048 if big else 1024, intermediate_size=6144 if big else 3072)
+        speaker = SpeakerEncoderConfig(enc_dim=talker.hidden_size)
+    talker.codec_language_id = dict(LANGUAGES)
+    if kind == "custom_voice":
+        talker.spk_id = dict(SPEAKERS)
+        talker.spk_is_dialect = {name: DIALECTS.get(name, False) for name in SPEAKERS}
+    return Qwen3TTSConfig(talker_config=talker, speaker_encoder_config=speaker,
+                          tts_model_size="1b7" if size == "1.7b" else "0b6", tts_model_type=kind)
+
+
+def speech_tokenizer_config(size: str) -> SpeechTokenizerConfig:
+    if size == "tiny":
+        return SpeechTokenizerConfig(encoder_config=tiny_mimi_config(), decoder_config=tiny_codec_decoder_config())
+    return SpeechTokenizerConfig(encoder_config=real_mimi_config())
+
+
+def _randomize_(module: nn.Module, generator: torch.Generator) -> None:
+    """Scale-preserving random weights: embeddings ~N(0,1), linear ~N(0, 1/fan_in), norms 1, biases 0."""
+    for name, param in module.named_parameters():
+        with torch.no_grad():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                param.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.zero_()
+            elif "embedding" in name:
+                param.normal_(0.0, 1.0, generator=generator)
+            else:
+                param.normal_(0.0, 1.0 / math.sqrt(param.shape[-1]), generator=generator)
+
+
+@torch.no_grad()
+def _aim_eos_at_tts_pad(model: Qwen3TTS, cfg: Qwen3TTSConfig, strength: float) -> None:
+    talker = model.talker
+    pad = talker.embed_text(torch.tensor([cfg.tts_pad_token_id]))[0]
+    talker.codec_head.weight[cfg.talker_config.codec_eos_token_id] = strength * pad / pad.norm()
+
+
+def build_random_model(cfg: Qwen3TTSConfig, seed: int) -> Qwen3TTS:
+    generator = torch.Generator().manual_seed(seed)
+    model = Qwen3TTS(cfg)
+    _randomize_(model.talker, generator)
+    if model.speaker_encoder is not None:
+        for param in model.speaker_encoder.parameters():
+            if param.dim() > 1:
+                fan_in = param[0].numel()
+                with torch.no_grad():
+                    param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+    _aim_eos_at_tts_pad(model, cfg, strength=3.0 * math.sqrt(cfg.talker_config.hidden_size))
+    return model
+
+
+def build_random_speech_tokenizer(cfg: SpeechTokenizerConfig, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed + 1)
+    decoder = CodecDecoder(cfg.decoder_config)
+    init_codec_decoder_(decoder, generator)
+    encoder = CodecEncoder.from_config(cfg.encoder_config)
+    init_codec_encoder_(encoder, generator)
+    state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
+    state.update({f"encoder.{k}": v for k, v in encoder.state_dict().items()})
+    return state
+
+
+def _save(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+               for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def make_checkpoint(out_dir: str | Path, size: str = "tiny", kind: str = "custom_voice", seed: int = 0) -> Path:
+    """Write a random checkpoint in the official layout and return its directory."""
+    out = Path(out_dir)
+    cfg = model_config(size, kind)
+    st_cfg = speech_tokenizer_config(size)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speech_tokenizer").mkdir(exist_ok=True)
+
+    model = build_random_model(cfg, seed)
+    # Released weights are bf16 (the speech tokenizer fp32); tiny stays fp32 so fixtures are exact.
+    _save(model.state_dict(), out / "model.safetensors", None if size == "tiny" else torch.bfloat16)
+    del model
+    config = cfg.to_dict()
+    # A pre-4.57.3 version string keeps the official loader's `fix_mistral_regex` regex swap off.
+    config["transformers_version"] = "4.57.1"
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", dict(GENERATION_CONFIG))
+    write_qwen2_tokenizer(out)
+
+    _save(build_random_speech_tokenizer(st_cfg, seed), out / "speech_tokenizer" / "model.safetensors", None)
+    st_config = st_cfg.to_dict()
+    st_config["transformers_version"] = "4.57.1"
+    _write_json(out / "speech_tokenizer" / "config.json", st_config)
+    _write_json(out / "speech_tokenizer" / "configuration.json", {"framework": "pytorch"})
+    _write_json(out / "speech_tokenizer" / "preprocessor_config.json", {
+        "chunk_length_s": None, "feature_extractor_type": "EncodecFeatureExtractor", "feature_size": 1,
+        "overlap": None, "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
+        "sampling_rate": 24000,
+    })
+    _write_json(out / "voicegate_checkpoint.json", {"size": size, "kind": kind, "seed": seed, "random": True})
+    return out

@@ -1,0 +1,159 @@
+"""TTSModel: a loaded checkpoint (talker, codec decoder, tokenizer, defaults) and whole-text synthesis."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Qwen3TTSConfig, SpeechTokenizerConfig
+from .generate import generate_frames
+from .loading import (
+    load_codec_decoder,
+    load_model_config,
+    load_qwen3_tts,
+    load_speech_tokenizer_config,
+    read_generation_config,
+    resolve_checkpoint,
+)
+from .model.codec_decoder import CodecDecoder
+from .model.qwen3_tts import Qwen3TTS
+from .prompt import TextRows, Voice, build_prefix, first_target_row, non_streaming_body, supported_languages
+from .sampling import SamplingParams
+from .tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24000
+SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
+EOS_POLICIES = ("default", "official")
+
+
+@dataclass
+class Synthesis:
+    codes: torch.Tensor  # (T, 16) int64
+    audio: np.ndarray  # (T * 1920,) float32 in [-1, 1]
+    ended_by: str  # "eos" | "cap"
+    text_ids: list[int]
+
+
+def runaway_cap(n_text_tokens: int, frames_per_token: float = 8.0, slack: int = 40) -> int:
+    """Frames an utterance may run before it is cut: real speech needs ~3-4 frames per text token."""
+    return slack + int(frames_per_token * n_text_tokens)
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TTSModel:
+    def __init__(self, path: Path, cfg: Qwen3TTSConfig, st_cfg: SpeechTokenizerConfig, model: Qwen3TTS,
+                 codec: CodecDecoder, tokenizer: TextTokenizer, generation: dict[str, Any]) -> None:
+        self.path, self.config, self.speech_config = path, cfg, st_cfg
+        self.model, self.talker, self.codec = model, model.talker, codec
+        self.tokenizer, self.generation_defaults = tokenizer, generation
+        self.rows = TextRows.build(self.talker, cfg)
+        self.role_ids = tokenizer.role_ids()
+
+    @classmethod
+    def load(cls, model: str | os.PathLike[str], device: str | torch.device = "auto",
+             dtype: torch.dtype | None = None) -> TTSModel:
+        path = resolve_checkpoint(model)
+        dev = pick_device(device)
+        dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        cfg = load_model_config(path)
+        st_cfg = load_speech_tokenizer_config(path)
+        tokenizer = TextTokenizer.from_dir(path)
+        qwen = load_qwen3_tts(path, cfg, dtype, dev)
+        codec = load_codec_decoder(path, st_cfg, dtype, dev)
+        log.info("loaded %s (%s, %s) on %s as %s", path, cfg.tts_model_type, cfg.tts_model_size, dev, dtype)
+        return cls(path, cfg, st_cfg, qwen, codec, tokenizer, read_generation_config(path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.talker.codec_head.weight.device
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.config.talker_config.spk_id)
+
+    @property
+    def languages(self) -> list[str]:
+        return supported_languages(self.config)
+
+    def sampling(self, greedy: bool = False, seed: int = 0, **overrides: Any) -> SamplingParams:
+        return SamplingParams.from_generation_config(self.generation_defaults, greedy=greedy, seed=seed,
+                                                     **overrides)
+
+    def voice(self, speaker: str | None = None, language: str = "auto", instruct: str | None = None,
+              xvector: torch.Tensor | None = None) -> Voice:
+        """Validate a voice against this checkpoint, applying the official instruct rules."""
+        kind = self.config.tts_model_type
+        if kind == "custom_voice" and not speaker:
+            raise ValueError(f"a CustomVoice checkpoint needs a speaker; choose one of {self.speakers}")
+        if kind == "base" and xvector is None:
+            raise ValueError("a Base checkpoint clones a voice: pass an x-vector (reference audio)")
+        if kind != "custom_voice" and speaker:
+            raise ValueError(f"preset speakers belong to CustomVoice checkpoints; this one is {kind}")
+        if instruct and kind == "base":
+            raise ValueError("Base checkpoints take no style instruction")
+        if instruct and kind == "custom_voice" and self.config.tts_model_size == "0b6":
+            log.warning("the 0.6B CustomVoice model ignores style instructions (as the official package does)")
+            instruct = None
+        return Voice(speaker=speaker, language=language, instruct=instruct or None, xvector=xvector)
+
+    def prefix(self, voice: Voice) -> torch.Tensor:
+        instruct_ids = self.tokenizer.instruct_ids(voice.instruct) if voice.instruct else None
+        return build_prefix(self.talker, self.config, voice, self.role_ids, instruct_ids)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """codes (T, 16) -> waveform (T * 1920,) float32 — one full forward of the codec decoder."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        wav = self.codec(codes.to(self.device).T[None].clamp(min=0))  # (1, 1, T*1920)
+        return wav[0, 0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def synthesize(self, text: str, *, speaker: str | None = None, language: str = "auto",
+                   instruct: str | None = None, xvector: torch.Tensor | None = None,
+                   non_streaming: bool = False, greedy: bool = False, seed: int = 0,
+                   max_frames: int | None = None, eos_policy: str = "default") -> Synthesis:
+        """Synthesize a whole text at once (the official layouts; `--feed all`)."""
+        if eos_policy not in EOS_POLICIES:
+            raise ValueError(f"eos_policy must be one of {EOS_POLICIES}")
+        ids = self.tokenizer.target_ids(text)
+        if not ids:
+            raise ValueError("nothing to say: the text is empty")
+        voice = self.voice(speaker, language, instruct, xvector)
+        prefix = self.prefix(voice)
+        rows = self.rows
+        if non_streaming:
+            prefill = torch.cat([prefix, non_streaming_body(self.talker, rows, ids)])
+            trailing = rows.pad[None]
+            eos_from = 0  # the whole text is in the prompt
+        else:
+            prefill = torch.cat([prefix, first_target_row(self.talker, rows, ids[0])])
+            device = self.device
+            trailing = torch.cat([self.talker.embed_text(torch.tensor(ids[1:], device=device)), rows.eos[None]])
+            # Default policy: EOS only after every text token and tts_eos were fed (frame N).
+            eos_from = 0 if eos_policy == "official" else len(ids)
+
+        def text_row(step: int) -> torch.Tensor:
+            return trailing[step] if step < trailing.shape[0] else rows.pad
+
+        cap = runaway_cap(len(ids))
+        limit = min(max_frames, cap) if max_frames is not None else cap
+        frames = generate_frames(self.talker, prefill, text_row, eos_from, self.sampling(greedy, seed),
+                                 self.config.talker_config.codec_eos_token_id, limit)
+        ended_by = frames.ended_by
+        if ended_by == "cap" and max_frames is not None and limit == max_frames:
+            ended_by = "max_frames"
+        return Synthesis(codes=frames.codes, audio=self.decode(frames.codes), ended_by=ended_by, text_ids=ids)
