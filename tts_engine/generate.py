@@ -48,7 +48,7 @@ def generate_frames(talker: Talker, prefill: torch.Tensor, text_row: Callable[[i
         return draw(logits, [generator], params.sub_greedy, params.sub_temperature, params.sub_top_k,
                     params.sub_top_p)
 
-    hidden = talker(prefill[None], torch.arange(length, device=device)[None])[:, -1]  # (1, H)
+    hidden = talker(prefill[None], torch.arange(length, device=device)[None], aligned=True)[:, -1]  # (1, H)
     frames: list[torch.Tensor] = []
     ended_by = "cap"
     for frame in range(max_frames):
@@ -66,6 +66,6 @@ def generate_frames(talker: Talker, prefill: torch.Tensor, text_row: Callable[[i
         if frame + 1 == max_frames:
             break
         x = frame_input(talker, code0, residual_embeds, text_row(frame)[None])
-        hidden = talker(x, torch.tensor([[length + frame]], device=device))[:, -1]
+        hidden = talker(x, torch.tensor([[length + frame]], device=device), aligned=True)[:, -1]
     codes = torch.cat(frames) if frames else torch.zeros(0, 16, dtype=torch.long, device=device)
     return FrameCodes(codes=codes.cpu(), ended_by=ended_by)

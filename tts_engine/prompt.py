@@ -52,6 +52,14 @@ def codec_header_ids(cfg: Qwen3TTSConfig, voice: Voice) -> list[int]:
     return [talker.codec_think_id, talker.codec_think_bos_id, language_id, talker.codec_think_eos_id]
 
 
+def validate_voice(cfg: Qwen3TTSConfig, voice: Voice) -> None:
+    """Raise ValueError for a language or speaker this checkpoint does not have."""
+    codec_header_ids(cfg, voice)
+    if voice.speaker and voice.xvector is None and voice.speaker.lower() not in cfg.talker_config.spk_id:
+        raise ValueError(f"unknown speaker {voice.speaker!r}; this checkpoint has: "
+                         f"{sorted(cfg.talker_config.spk_id) or 'no preset speakers'}")
+
+
 def supported_languages(cfg: Qwen3TTSConfig) -> list[str]:
     return ["auto", *sorted(k for k in cfg.talker_config.codec_language_id if "dialect" not in k)]
 

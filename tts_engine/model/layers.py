@@ -28,7 +28,9 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    # On the CPU even while a model is built on the meta device (recomputed in setup_cache anyway).
+    steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
+    return 1.0 / (theta ** (steps / head_dim))
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -80,7 +82,7 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                rows: slice, kv_len: int, mask: torch.Tensor) -> torch.Tensor:
+                rows: slice, kv_len: int, mask: torch.Tensor | None) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)).transpose(1, 2)
@@ -90,7 +92,10 @@ class Attention(nn.Module):
         self.kv_cache.write(rows, positions, k, v)
         keys = self.kv_cache.k[rows, :, :kv_len]
         values = self.kv_cache.v[rows, :, :kv_len]
+        # mask None: every cached key is visible (one new token per row at position kv_len - 1), or a
+        # fresh causal prefill (seq == kv_len): SDPA's own causal kernel, no mask tensor.
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                             is_causal=mask is None and seq > 1,
                                              enable_gqa=self.n_heads != self.n_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -116,7 +121,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hidden_size, eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                rows: slice, kv_len: int, mask: torch.Tensor) -> torch.Tensor:
+                rows: slice, kv_len: int, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, rows, kv_len, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -146,19 +151,23 @@ class DecoderStack(nn.Module):
         self.inv_freq = rope_inv_freq(self.head_dim, self.rope_theta).to(device)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rows: slice | None = None,
-                kv_len: int | None = None) -> torch.Tensor:
+                kv_len: int | None = None, aligned: bool = False) -> torch.Tensor:
         """x (B, T, C), positions (B, T) absolute -> normed hidden (B, T, C).
 
         Attends over cache slots [0, kv_len) of cache rows `rows`; a key is visible iff its slot <= the
-        query's position (causal, per row). kv_len defaults to max(positions) + 1.
+        query's position (causal, per row). kv_len defaults to max(positions) + 1. `aligned=True`
+        promises every row's positions are kv_len - T .. kv_len - 1 (one stream, or rows in lockstep),
+        with T == kv_len when T > 1: then no mask tensor is built.
         """
-        batch = x.shape[0]
+        batch, seq = x.shape[:2]
         rows = rows if rows is not None else slice(0, batch)
         if kv_len is None:
             kv_len = int(positions.max()) + 1
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        slots = torch.arange(kv_len, device=x.device)
-        mask = (slots[None, None, None, :] <= positions[:, None, :, None])  # (B, 1, T, kv_len)
+        mask: torch.Tensor | None = None
+        if not aligned or (seq > 1 and seq != kv_len):
+            slots = torch.arange(kv_len, device=x.device)
+            mask = slots[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, kv_len)
         for layer in self.layers:
             x = layer(x, cos, sin, positions, rows, kv_len, mask)
         return self.norm(x)

@@ -1,0 +1,79 @@
+"""The golden cases and what both sides of the fidelity check share (project venv; no qwen_tts here).
+
+make_golden.py runs these cases through the official qwen-tts on `voicegate make-checkpoint` outputs;
+tests/engine/test_golden.py runs them through voicegate and compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN_DIR = REPO / "tests" / "fixtures" / "golden"
+MANIFEST = GOLDEN_DIR / "manifest.json"
+MAX_TOTAL_BYTES = 1_500_000
+
+CHECKPOINT_SIZE = "tiny"
+CHECKPOINT_SEEDS = {"custom_voice": 0, "voice_design": 0, "base": 0}
+# max_new_tokens=N gives at most N-1 frames officially; 64 stays under voicegate's runaway cap
+# (40 + 8 per text token) for every text here, so the cap never cuts a run the reference finishes.
+MAX_NEW_TOKENS = 64
+XVECTOR_SIGNAL = {"seconds": 1.5, "f0": 140.0}  # signals.voiced_signal(**XVECTOR_SIGNAL)
+
+# Texts avoid camel-case: qwen-tts' fix_mistral_regex may swap the split regex (notes/installs.md);
+# run_official.py also checks the ids against the checkpoint's own tokenizer.
+_BASE_CASES: list[dict] = [
+    {"name": "cv_speaker_language", "kind": "custom_voice", "speaker": "Vivian", "language": "English",
+     "text": "Hello, world! How are you today?", "audio": True},
+    {"name": "cv_auto", "kind": "custom_voice", "speaker": "ryan", "language": "auto",
+     "text": "It's 3:45 pm, and we're 20% late... okay?"},
+    {"name": "cv_dialect_auto", "kind": "custom_voice", "speaker": "Dylan", "language": "Auto",
+     "text": "今天天气很好，我们去公园吧。"},
+    # tiny checkpoints are "0b6": the official CustomVoice path drops the instruction for that size.
+    {"name": "cv_instruct_0b6_ignored", "kind": "custom_voice", "speaker": "serena", "language": "english",
+     "instruct": "Speak very fast.", "text": "Short and sweet."},
+    {"name": "vd_instruct", "kind": "voice_design", "language": "English",
+     "instruct": "A warm, low voice; slow and gentle.", "text": "The evening was calm and quiet.",
+     "audio": True},
+    {"name": "base_xvector", "kind": "base", "language": "English", "xvector": True,
+     "text": "Cloning a voice from a short recording.", "audio": True},
+    # max_new_tokens=3: at most 2 frames, whatever the model wants (checks the N-1 rule).
+    {"name": "cv_max_new_tokens_3", "kind": "custom_voice", "speaker": "aiden", "language": "english",
+     "text": "This sentence is cut short by the frame limit.", "max_new_tokens": 3},
+]
+
+
+def cases() -> list[dict]:
+    """Every base case in both layouts: streaming text (`_stream`) and non-streaming (`_nonstream`)."""
+    out = []
+    for case in _BASE_CASES:
+        for non_streaming in (False, True):
+            c = {"speaker": None, "instruct": None, "xvector": False, "audio": False,
+                 "max_new_tokens": MAX_NEW_TOKENS, **case}
+            c["name"] = f"{case['name']}_{'nonstream' if non_streaming else 'stream'}"
+            c["non_streaming"] = non_streaming
+            # Waveforms are big (1920 float32 per frame): keep them for the streaming layout only.
+            c["audio"] = bool(c["audio"]) and not non_streaming
+            out.append(c)
+    return out
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """sha256 over the tensors that decide the codes and the waveform: talker and codec decoder (names,
+    dtypes, shapes, bytes). A different value means the fixtures are stale. The speaker encoder is left
+    out: the fixtures store the official x-vector, which is what the talker sees."""
+    digest = hashlib.sha256()
+    for file, prefix in ((path / "model.safetensors", "talker."),
+                         (path / "speech_tokenizer" / "model.safetensors", "decoder.")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in sorted(handle.keys()):  # noqa: SIM118
+                if not name.startswith(prefix):
+                    continue
+                tensor = handle.get_tensor(name).contiguous()
+                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

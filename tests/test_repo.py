@@ -1,0 +1,28 @@
+"""Repository invariants: CI runs the README's test command; the runtime never imports qwen_tts."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_test_command() -> str:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.*?)\n```", readme, re.S)
+    assert match, "README.md must mark its test command block with <!-- test-command -->"
+    return match.group(1).strip()
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    command = _readme_test_command()
+    ci = (ROOT / ".ci" / "run").read_text()
+    # The README command installs then tests; CI installs more (apt, reference env) then runs its last step.
+    last_step = command.split("&&")[-1].strip()
+    assert ci.rstrip().splitlines()[-1].strip() == last_step
+
+
+def test_runtime_code_never_imports_the_reference_package() -> None:
+    for package in ("tts_engine", "agent", "bench"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            assert not re.search(r"^\s*(import|from)\s+(qwen_tts|librosa)\b", text, re.M), path

@@ -1,0 +1,55 @@
+"""The streaming engine's public API: open a stream, push text as it arrives, read 80 ms frames.
+
+    engine = Engine(load_model("./tiny"))
+    stream = engine.open_stream(speaker="vivian", language="english")
+    for word in "Hello there, how are you?".split(" "):
+        stream.push_text(word + " ")
+    stream.finish()
+    for frame in stream:          # or: async for frame in stream
+        play(frame.pcm)           # (1920,) int16 at 24 kHz
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+from .prompt import validate_voice
+from .scheduler import EngineSettings, Scheduler
+from .stream import Stream
+from .text import IncrementalTokenizer, load_fast_tokenizer
+from .tts import EOS_POLICIES, TTSModel
+
+
+class Engine:
+    def __init__(self, model: TTSModel, settings: EngineSettings | None = None) -> None:
+        self.model = model
+        self.settings = settings or EngineSettings()
+        self._fast_tokenizer = load_fast_tokenizer(model.path)
+        self._ids = itertools.count(1)
+        self.scheduler = Scheduler(model, self.settings)
+
+    def open_stream(self, speaker: str | None = None, language: str = "auto", instruct: str | None = None,
+                    xvector: torch.Tensor | None = None, *, greedy: bool = False, seed: int = 0,
+                    eos_policy: str = "default", **sampling: Any) -> Stream:
+        """A new utterance. Voice fields are validated here, so a bad voice fails before any text."""
+        if eos_policy not in EOS_POLICIES:
+            raise ValueError(f"eos_policy must be one of {EOS_POLICIES}")
+        voice = self.model.voice(speaker, language, instruct, xvector)
+        validate_voice(self.model.config, voice)  # fail now, in the caller's thread, without torch
+        stream = Stream(next(self._ids), voice, self.model.sampling(greedy, seed, **sampling), eos_policy,
+                        IncrementalTokenizer(self._fast_tokenizer), self.scheduler.wake,
+                        self.settings.max_text_chars)
+        self.scheduler.submit(stream)
+        return stream
+
+    def close(self) -> None:
+        self.scheduler.stop()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,292 @@
+"""The engine thread: owns the device and steps every live stream together (continuous batching).
+
+Each iteration:
+  1. admit waiting streams into free cache rows and prefill their voice prefix (no text needed);
+  2. one batched talker forward for every row whose next text row is available (the first target token
+     with codec_bos, then t_{k+1} / tts_eos once / tts_pad) and whose consumer is within the lead;
+  3. for the rows that just ran: code 0 (official processors, per-row RNG), the 15 residual codes
+     (one batched predictor run), one exact incremental codec step, frames delivered.
+A stream whose next text token has not arrived simply waits: tts_pad is never fed early.
+Live rows stay packed in cache rows [0, n): a leaving stream's row is refilled by the last one.
+Rows that are not ready still ride along in the talker batch with a zero input; their output is
+ignored and the cache slot they wrote is overwritten when they really take that position.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .codec_stream import CodecStreamState, StreamingCodecDecoder
+from .sampling import NEG_INF, draw
+from .stream import Frame, Stream, StreamEnd
+from .tts import TTSModel, runaway_cap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineSettings:
+    max_streams: int = 16  # cache rows: streams beyond this wait for a free row
+    max_lead_frames: int = 25  # a stream runs at most 2 s of audio ahead of its consumer
+    max_positions: int = 2048  # talker cache length per stream: prompt + frames
+    frames_per_token: float = 8.0  # runaway guard: frames allowed per text token ...
+    cap_slack: int = 40  # ... plus this many
+    max_text_chars: int = 20000  # per utterance
+
+
+@dataclass
+class _Row:
+    """Scheduler-thread state of one live stream."""
+
+    stream: Stream
+    row: int
+    position: int  # next talker position
+    generator: torch.Generator
+    seen: torch.Tensor  # (V,) bool: codes 0 generated so far (repetition penalty)
+    codec: CodecStreamState
+    frames: int = 0
+    started: bool = False  # the first target token has been fed
+    hidden: torch.Tensor | None = None  # (H,) last post-norm hidden, awaiting its frame
+    frame_embed: torch.Tensor | None = None  # (H,) sum of the last frame's 16 code embeddings
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(self, model: TTSModel, settings: EngineSettings) -> None:
+        self.model, self.settings = model, settings
+        self.talker = model.talker
+        self.codec = StreamingCodecDecoder(model.codec)
+        self.eos_id = model.config.talker_config.codec_eos_token_id
+        self.vocab = model.config.talker_config.vocab_size
+        device = model.device
+        suppress = torch.zeros(self.vocab, dtype=torch.bool, device=device)
+        suppress[self.vocab - 1024:] = True
+        suppress[self.eos_id] = False
+        self.suppress = suppress
+        self.talker.setup_cache(settings.max_streams, settings.max_positions)
+        self._rows: list[_Row] = []
+        self._waiting: list[Stream] = []
+        self._lock = threading.Lock()  # guards _waiting only
+        self._wake = threading.Event()
+        self._stop = False
+        self._prefix_cache: dict[tuple, torch.Tensor] = {}
+        self.steps = 0
+        self.batch_sizes: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="voicegate-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from any thread ----------------------------------------------------------------
+    def submit(self, stream: Stream) -> None:
+        with self._lock:
+            self._waiting.append(stream)
+        self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop = True
+        self.wake()
+        self._thread.join(timeout=10)
+
+    @property
+    def live_streams(self) -> int:
+        return len(self._rows)
+
+    # ---- engine thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            try:
+                while not self._stop and self._step():
+                    pass
+            except Exception as exc:  # keep serving: fail the live streams, not the engine
+                log.exception("engine step failed")
+                for row in list(self._rows):
+                    row.stream.close(StreamEnd("error", row.frames, error=f"{type(exc).__name__}: {exc}"))
+                    self._release(row)
+
+    def _step(self) -> bool:
+        """One iteration; True when it did work (so the loop tries again without sleeping)."""
+        admitted = self._admit()
+        ran = self._talker_step()
+        emitted = self._frame_step()
+        return admitted or ran or emitted
+
+    def _admit(self) -> bool:
+        admitted = False
+        while len(self._rows) < self.settings.max_streams:
+            with self._lock:
+                if not self._waiting:
+                    break
+                stream = self._waiting.pop(0)
+            if stream.end is not None:  # cancelled before it got a row
+                continue
+            self._prefill_prefix(stream)
+            admitted = True
+        return admitted
+
+    def _voice_key(self, stream: Stream) -> tuple:
+        v = stream.voice
+        return (v.speaker, v.language, v.instruct, None if v.xvector is None else id(v.xvector))
+
+    def _prefill_prefix(self, stream: Stream) -> None:
+        key = self._voice_key(stream)
+        prefix = self._prefix_cache.get(key)
+        if prefix is None:
+            prefix = self.model.prefix(stream.voice)
+            if stream.voice.xvector is None:  # x-vectors are per request objects: do not cache by id
+                self._prefix_cache[key] = prefix
+        device = self.model.device
+        row_index = len(self._rows)
+        length = prefix.shape[0]
+        self.talker(prefix[None], torch.arange(length, device=device)[None], rows=slice(row_index, row_index + 1))
+        row = _Row(stream=stream, row=row_index, position=length,
+                   generator=torch.Generator(device=device).manual_seed(stream.sampling.seed),
+                   seen=torch.zeros(self.vocab, dtype=torch.bool, device=device),
+                   codec=self.codec.new_state())
+        self._rows.append(row)
+
+    def _release(self, row: _Row) -> None:
+        last = self._rows[-1]
+        if last is not row:  # keep rows packed: move the last row's cache into the freed one
+            for layer in self.talker.model.layers:
+                cache = layer.self_attn.kv_cache
+                assert cache is not None
+                cache.k[row.row].copy_(cache.k[last.row])
+                cache.v[row.row].copy_(cache.v[last.row])
+            last.row = row.row
+            self._rows[row.row] = last
+        self._rows.pop()
+
+    def _next_text_row(self, row: _Row, ids: list[int], finished: bool) -> torch.Tensor | None:
+        """The text-track row of the next talker input, or None while it has not arrived."""
+        if not row.started:
+            wanted = 0  # the first target token, riding with codec_bos
+        else:
+            wanted = row.frames  # after frame f (frames = f + 1) the input carries token f + 1
+        if wanted < len(ids):
+            return self.talker.embed_text(torch.tensor([ids[wanted]], device=self.model.device))[0]
+        if not finished or not row.started:
+            return None
+        return self.model.rows.eos if wanted == len(ids) else self.model.rows.pad
+
+    def _retire_finished_rows(self) -> None:
+        """Release rows that were cancelled, had nothing to say, or ran out of positions."""
+        for r in list(self._rows):
+            ids, finished, cancelled = r.stream.snapshot()
+            if cancelled or r.stream.end is not None:
+                self._release(r)
+            elif not r.started and finished and not ids:
+                r.stream.close(StreamEnd("empty", 0))
+                self._release(r)
+            elif r.position >= self.settings.max_positions:
+                r.stream.close(StreamEnd("cap", r.frames))
+                self._release(r)
+
+    def _talker_step(self) -> bool:
+        self._retire_finished_rows()
+        n = len(self._rows)
+        if n == 0:
+            return False
+        device = self.model.device
+        inputs = torch.zeros(n, 1, self.talker.config.hidden_size, device=device,
+                             dtype=self.talker.codec_head.weight.dtype)
+        ready: list[_Row] = []
+        for r in self._rows:
+            if r.hidden is not None or r.stream.lead() >= self.settings.max_lead_frames:
+                continue
+            ids, finished, _ = r.stream.snapshot()
+            text = self._next_text_row(r, ids, finished)
+            if text is None:
+                continue  # waits for its next text token: never tts_pad early
+            codec_part = r.frame_embed if r.started else self.model.rows.codec_bos
+            assert codec_part is not None
+            inputs[r.row, 0] = text + codec_part
+            ready.append(r)
+        if not ready:
+            return False
+        positions = torch.tensor([[r.position] for r in self._rows], device=device)
+        hidden = self.talker(inputs, positions, rows=slice(0, n))[:, 0]
+        self.steps += 1
+        self.batch_sizes.append(len(ready))
+        for r in ready:
+            r.hidden = hidden[r.row]
+            r.position += 1
+            r.started = True
+        return True
+
+    def _eos_allowed(self, r: _Row, ids: list[int], finished: bool) -> bool:
+        if r.stream.eos_policy == "official":
+            return True
+        return finished and r.frames >= len(ids)
+
+    def _frame_step(self) -> bool:
+        rows = [r for r in self._rows if r.hidden is not None]
+        if not rows:
+            return False
+        hidden = torch.stack([r.hidden for r in rows])  # type: ignore[misc]
+        logits = self.talker.logits(hidden).float()  # (B, V)
+        states = [r.stream.snapshot() for r in rows]
+        seen = torch.stack([r.seen for r in rows])
+        penalties = torch.tensor([r.stream.sampling.repetition_penalty for r in rows], device=logits.device)[:, None]
+        logits = torch.where(seen, torch.where(logits < 0, logits * penalties, logits / penalties), logits)
+        for i, (r, (ids, finished, _)) in enumerate(zip(rows, states, strict=True)):
+            if r.frames < r.stream.sampling.min_new_tokens or not self._eos_allowed(r, ids, finished):
+                logits[i, self.eos_id] = NEG_INF
+        logits = logits.masked_fill(self.suppress, NEG_INF)
+        code0 = torch.stack([self._draw(r, logits[i], residual=False) for i, r in enumerate(rows)])
+        live = [i for i, r in enumerate(rows) if int(code0[i]) != self.eos_id]
+        for i, r in enumerate(rows):
+            r.hidden = None
+            if i not in live:
+                r.stream.close(StreamEnd("eos", r.frames))
+                self._release(r)
+        if not live:
+            return True
+        rows = [rows[i] for i in live]
+        hidden, code0 = hidden[live], code0[live]
+        for r, c in zip(rows, code0.tolist(), strict=True):
+            r.seen[c] = True
+
+        def choose(step_logits: torch.Tensor, step: int) -> torch.Tensor:
+            return torch.stack([self._draw(r, step_logits[i], residual=True) for i, r in enumerate(rows)])
+
+        code0_embed = self.talker.embed_codec(code0)
+        residual, residual_embeds = self.talker.code_predictor.predict(hidden, code0_embed, choose)
+        codes = torch.cat([code0[:, None], residual], dim=1)  # (B, 16)
+        frame_embeds = torch.cat([code0_embed[:, None], residual_embeds], dim=1).sum(dim=1)  # (B, H)
+        pcm = self.codec.step([r.codec for r in rows], codes)  # (B, 1920) float
+        pcm16 = (pcm.clamp(-1, 1) * 32767.0).round().to(torch.int16).cpu().numpy()
+        codes_np = codes.cpu().numpy().astype(np.int64)
+        for i, r in enumerate(rows):
+            r.frame_embed = frame_embeds[i]
+            ids, finished, _ = states[live[i]]
+            r.stream.deliver(Frame(index=r.frames, pcm=pcm16[i], codes=codes_np[i],
+                                   text_tokens_consumed=min(r.frames + 1, len(ids))))
+            r.frames += 1
+            if finished and r.frames >= runaway_cap(len(ids), self.settings.frames_per_token,
+                                                    self.settings.cap_slack):
+                r.stream.close(StreamEnd("cap", r.frames))
+                self._release(r)
+        return True
+
+    def _draw(self, r: _Row, logits: torch.Tensor, residual: bool) -> torch.Tensor:
+        p = r.stream.sampling
+        if residual:
+            return draw(logits[None], [r.generator], p.sub_greedy, p.sub_temperature, p.sub_top_k, p.sub_top_p)[0]
+        return draw(logits[None], [r.generator], p.greedy, p.temperature, p.top_k, p.top_p)[0]
+
+
+def wait_idle(scheduler: Scheduler, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while scheduler.live_streams and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -1,0 +1,184 @@
+"""One utterance as seen by its producer and its consumer: text in (any fragments), 80 ms frames out.
+
+The producer side (`push_text`, `finish`, `cancel`) may be called from any thread or the event loop;
+the scheduler thread reads the committed token ids and emits frames. Frames are consumed with plain
+calls (`next_frame`, iteration) or asynchronously (`async for`), never blocking the event loop: the
+scheduler hands frames over with `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .prompt import Voice
+from .sampling import SamplingParams
+from .text import IncrementalTokenizer
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # frame number within the utterance (0-based)
+    pcm: np.ndarray  # (1920,) int16, 24 kHz mono
+    codes: np.ndarray  # (16,) int64
+    text_tokens_consumed: int  # target text tokens the model had read when it produced this frame
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    reason: str  # "eos" | "cap" | "cancelled" | "error" | "empty"
+    frames: int
+    error: str | None = None
+
+
+class Stream:
+    """An utterance being synthesized. Create with `Engine.open_stream`."""
+
+    def __init__(self, stream_id: int, voice: Voice, sampling: SamplingParams, eos_policy: str,
+                 tokenizer: IncrementalTokenizer, wake: Callable[[], None], max_text_chars: int) -> None:
+        self.id, self.voice, self.sampling, self.eos_policy = stream_id, voice, sampling, eos_policy
+        self._tokenizer = tokenizer
+        self._wake = wake
+        self._max_text_chars = max_text_chars
+        self._lock = threading.Lock()
+        self._token_ids: list[int] = []
+        self._finished = False
+        self._cancelled = False
+        self._frames: collections.deque[Frame | StreamEnd] = collections.deque()
+        self._ready = threading.Condition(self._lock)
+        self._consumed = 0
+        self._emitted = 0
+        self._end: StreamEnd | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._async_event: asyncio.Event | None = None
+
+    # ---- producer side -------------------------------------------------------------------------
+    def push_text(self, fragment: str) -> None:
+        if not isinstance(fragment, str):
+            raise TypeError("push_text takes str")
+        with self._lock:
+            if self._finished or self._cancelled:
+                raise RuntimeError("stream is finished or cancelled: open a new one")
+            if len(self._tokenizer.text) + len(fragment) > self._max_text_chars:
+                raise ValueError(f"utterance text over {self._max_text_chars} characters")
+            self._token_ids += self._tokenizer.push(fragment)
+        self._wake()
+
+    def finish(self) -> None:
+        """End of input: the remaining text is committed and tts_eos follows it."""
+        with self._lock:
+            if self._finished or self._cancelled:
+                return
+            self._token_ids += self._tokenizer.finish()
+            self._finished = True
+        self._wake()
+
+    def cancel(self) -> None:
+        """Stop now: takes effect before the next engine step; no frame is delivered after this call."""
+        with self._lock:
+            if self._end is not None or self._cancelled:
+                return
+            self._cancelled = True
+            self._frames.clear()
+            self._close_locked(StreamEnd("cancelled", self._emitted))
+        self._wake()
+
+    @property
+    def text(self) -> str:
+        """Every character accepted so far (leading whitespace of the utterance dropped)."""
+        return self._tokenizer.text
+
+    # ---- scheduler side (engine thread) --------------------------------------------------------
+    def snapshot(self) -> tuple[list[int], bool, bool]:
+        """(committed token ids, finished, cancelled) — a consistent view for one step."""
+        with self._lock:
+            return list(self._token_ids), self._finished, self._cancelled
+
+    def lead(self) -> int:
+        with self._lock:
+            return self._emitted - self._consumed
+
+    def deliver(self, frame: Frame) -> bool:
+        """Queue a frame for the consumer; False (and dropped) if the stream was cancelled meanwhile."""
+        with self._lock:
+            if self._cancelled or self._end is not None:
+                return False
+            self._frames.append(frame)
+            self._emitted += 1
+            self._notify_locked()
+        return True
+
+    def close(self, end: StreamEnd) -> None:
+        with self._lock:
+            if self._end is None:
+                self._close_locked(end)
+
+    def _close_locked(self, end: StreamEnd) -> None:
+        self._end = end
+        self._frames.append(end)
+        self._notify_locked()
+
+    def _notify_locked(self) -> None:
+        self._ready.notify_all()
+        if self._loop is not None and self._async_event is not None:
+            self._loop.call_soon_threadsafe(self._async_event.set)
+
+    # ---- consumer side -------------------------------------------------------------------------
+    @property
+    def end(self) -> StreamEnd | None:
+        return self._end
+
+    def next_frame(self, timeout: float | None = None) -> Frame | None:
+        """Block until the next frame; None at the end of the stream (see `.end`)."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: bool(self._frames), timeout):
+                raise TimeoutError("no frame within the timeout")
+            return self._take_locked()
+
+    def _take_locked(self) -> Frame | None:
+        item = self._frames[0]
+        if isinstance(item, StreamEnd):
+            return None  # the end marker stays: later calls also see the end
+        self._frames.popleft()
+        self._consumed += 1
+        self._wake()  # the scheduler may be holding this stream back on its lead
+        return item
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    async def __aiter__(self) -> AsyncIterator[Frame]:
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._async_event = asyncio.Event()
+        while True:
+            with self._lock:
+                if self._frames:
+                    frame = self._take_locked()
+                    if frame is None:
+                        return
+                else:
+                    self._async_event.clear()
+                    frame = None
+            if frame is not None:
+                yield frame
+            else:
+                await self._async_event.wait()
+
+    def collect(self, timeout: float | None = 60.0) -> tuple[list[Frame], StreamEnd]:
+        """All frames until the end (for scripts and tests)."""
+        frames = []
+        while (frame := self.next_frame(timeout)) is not None:
+            frames.append(frame)
+        assert self._end is not None
+        return frames, self._end
+
+    def codes(self, frames: list[Frame]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([f.codes for f in frames])) if frames else torch.zeros(0, 16).long()
