@@ -169,10 +169,9 @@ class Scheduler:
 
     def _next_text_row(self, row: _Row, ids: list[int], finished: bool) -> torch.Tensor | None:
         """The text-track row of the next talker input, or None while it has not arrived."""
-        if not row.started:
-            wanted = 0  # the first target token, riding with codec_bos
-        else:
-            wanted = row.frames  # after frame f (frames = f + 1) the input carries token f + 1
+        # Before the first frame: the first target token (it rides with codec_bos); after frame f
+        # (frames = f + 1) the input carries token f + 1.
+        wanted = row.frames if row.started else 0
         if wanted < len(ids):
             return self.talker.embed_text(torch.tensor([ids[wanted]], device=self.model.device))[0]
         if not finished or not row.started:

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tokenizers import Tokenizer
 
 from tts_engine.text import IncrementalTokenizer, load_fast_tokenizer

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import official_stubs  # noqa: E402,F401  (must precede the qwen_tts import)
+import official_stubs  # noqa: F401  (must precede the qwen_tts import)
 
 
 def main() -> None:
