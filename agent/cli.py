@@ -40,8 +40,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     from tts_engine.loading import load_model
 
-    if args.feed != "all":
-        print("error: --feed word|char arrives with the streaming engine; use --feed all", file=sys.stderr)
+    if args.feed != "all" and args.non_streaming:
+        print("error: --feed word|char streams text into the streaming layout; drop --non-streaming",
+              file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     model = load_model(args.model, device=args.device)
@@ -52,18 +53,58 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if speaker is None and model.config.tts_model_type == "custom_voice":
         speaker = model.speakers[0]
     started = time.perf_counter()
-    result = model.synthesize(args.text, speaker=speaker, language=args.language, instruct=args.instruct,
-                              xvector=xvector, non_streaming=args.non_streaming, greedy=args.greedy,
-                              seed=args.seed, max_frames=args.max_frames, eos_policy=args.eos_policy)
+    first_audio_s = None
+    if args.feed == "all":
+        result = model.synthesize(args.text, speaker=speaker, language=args.language, instruct=args.instruct,
+                                  xvector=xvector, non_streaming=args.non_streaming, greedy=args.greedy,
+                                  seed=args.seed, max_frames=args.max_frames, eos_policy=args.eos_policy)
+        audio, codes, ended_by = result.audio, result.codes.numpy(), result.ended_by
+    else:
+        audio, codes, ended_by, first_audio_s = _synth_streaming(model, args, speaker, xvector)
     elapsed = time.perf_counter() - started
-    _write_wav(Path(args.out), result.audio)
+    _write_wav(Path(args.out), audio)
     if args.codes_out:
-        np.save(args.codes_out, result.codes.numpy().astype(np.int64))
-    seconds = result.audio.shape[0] / 24000
-    print(json.dumps({"out": args.out, "frames": int(result.codes.shape[0]), "audio_s": round(seconds, 3),
-                      "elapsed_s": round(elapsed, 3), "ended_by": result.ended_by, "speaker": speaker}),
-          file=sys.stderr)
+        np.save(args.codes_out, codes.astype(np.int64))
+    report = {"out": args.out, "frames": int(codes.shape[0]), "audio_s": round(audio.shape[0] / 24000, 3),
+              "elapsed_s": round(elapsed, 3), "ended_by": ended_by, "speaker": speaker, "feed": args.feed}
+    if first_audio_s is not None:
+        report["first_audio_s"] = round(first_audio_s, 3)
+    print(json.dumps(report), file=sys.stderr)
     return 0
+
+
+def _synth_streaming(model, args: argparse.Namespace, speaker, xvector):  # type: ignore[no-untyped-def]
+    """Feed the text word by word or character by character into the streaming engine."""
+    import numpy as np
+
+    from tts_engine.engine import Engine
+
+    text = args.text
+    if args.feed == "char":
+        pieces = list(text)
+    else:
+        words = text.split(" ")
+        pieces = [w + " " for w in words[:-1]] + [words[-1]]
+    with Engine(model) as engine:
+        started = time.perf_counter()
+        stream = engine.open_stream(speaker, args.language, args.instruct, xvector, greedy=args.greedy,
+                                    seed=args.seed, eos_policy=args.eos_policy)
+        for piece in pieces:
+            stream.push_text(piece)
+        stream.finish()
+        frames, first_audio_s = [], None
+        for frame in stream:
+            if first_audio_s is None:
+                first_audio_s = time.perf_counter() - started
+            frames.append(frame)
+            if args.max_frames is not None and len(frames) >= args.max_frames:
+                stream.cancel()
+                break
+        end = stream.end
+    pcm = np.concatenate([f.pcm for f in frames]) if frames else np.zeros(0, np.int16)
+    codes = np.stack([f.codes for f in frames]) if frames else np.zeros((0, 16), np.int64)
+    ended_by = "max_frames" if end is not None and end.reason == "cancelled" else (end.reason if end else "?")
+    return pcm.astype(np.float32) / 32767.0, codes, ended_by, first_audio_s
 
 
 def build_parser() -> argparse.ArgumentParser:

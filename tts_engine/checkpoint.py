@@ -32,6 +32,7 @@ from .model.codec_decoder import init_random_ as init_codec_decoder_
 from .model.codec_encoder import CodecEncoder, real_mimi_config, tiny_mimi_config
 from .model.codec_encoder import init_random_ as init_codec_encoder_
 from .model.qwen3_tts import Qwen3TTS
+from .model.speaker_encoder import init_random_ as init_speaker_encoder_
 from .model.speaker_encoder import tiny_speaker_encoder_config
 from .text_vocab import write_qwen2_tokenizer
 
@@ -113,11 +114,7 @@ def build_random_model(cfg: Qwen3TTSConfig, seed: int) -> Qwen3TTS:
     model = Qwen3TTS(cfg)
     _randomize_(model.talker, generator)
     if model.speaker_encoder is not None:
-        for param in model.speaker_encoder.parameters():
-            if param.dim() > 1:
-                fan_in = param[0].numel()
-                with torch.no_grad():
-                    param.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+        init_speaker_encoder_(model.speaker_encoder, generator)
     _aim_eos_at_tts_pad(model, cfg, strength=3.0 * math.sqrt(cfg.talker_config.hidden_size))
     return model
 

@@ -70,7 +70,7 @@ def checkpoint_fingerprint(path: Path) -> str:
     for file, prefix in ((path / "model.safetensors", "talker."),
                          (path / "speech_tokenizer" / "model.safetensors", "decoder.")):
         with safe_open(str(file), framework="pt") as handle:
-            for name in sorted(handle.keys()):  # noqa: SIM118
+            for name in sorted(handle.keys()):
                 if not name.startswith(prefix):
                     continue
                 tensor = handle.get_tensor(name).contiguous()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.reference.golden import (  # noqa: E402
+from tests.reference.golden import (
     CHECKPOINT_SEEDS,
     CHECKPOINT_SIZE,
     GOLDEN_DIR,

@@ -35,7 +35,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from signals import SAMPLE_RATE, voiced_signal  # noqa: E402
 
 GREEDY = {"do_sample": False, "subtalker_dosample": False}
@@ -132,10 +131,14 @@ def run_case(wrapper: Any, recorder: Recorder, path: str, case: dict[str, Any]) 
 
     # fix_mistral_regex guard: the ids the official processor gave must be the checkpoint's own.
     text_ids = input_ids[3:-5]  # <|im_start|>assistant\n TEXT <|im_end|>\n<|im_start|>assistant\n
-    for source, ids in own_tokenizer_ids(path, case["text"]).items():
-        if ids != text_ids:
-            raise AssertionError(f"{case['name']}: official processor ids {text_ids} != {source} ids {ids} "
-                                 f"for {case['text']!r} (fix_mistral_regex swap? avoid camel-case)")
+    checks = [(case["text"], text_ids)]
+    if instruct is not None:
+        checks.append((f"<|im_start|>user\n{case['instruct']}<|im_end|>\n", arrays["instruct_ids"].tolist()))
+    for text, official_ids in checks:
+        for source, ids in own_tokenizer_ids(path, text).items():
+            if ids != official_ids:
+                raise AssertionError(f"{case['name']}: official processor ids {official_ids} != {source} ids "
+                                     f"{ids} for {text!r} (fix_mistral_regex swap? avoid camel-case)")
 
     # The official decode is chunked (300 frames, 25 of left context); one chunk = one full forward.
     decoder = wrapper.model.speech_tokenizer.model.decoder
@@ -199,7 +202,7 @@ def cmd_check_load(args: argparse.Namespace) -> int:
             case["speaker"] = sorted(wrapper.get_supported_speakers())[0]
         if kind == "voice_design":
             case["instruct"] = "A calm voice."
-        meta, arrays = run_case(wrapper, recorder, path, case)
+        meta, _ = run_case(wrapper, recorder, path, case)
         report[path] = {"kind": kind, "frames": meta["frames"], "audio_samples": meta["audio_samples"],
                         "role_ids": meta["input_ids"][:3], "text_ids": meta["text_ids"],
                         "speakers": wrapper.get_supported_speakers(),

@@ -7,8 +7,9 @@ rewrite (new module tree, new config split) nor its attention changes can move t
   transformer at 25 Hz: pre-LayerNorm, RoPE, GELU MLP, layer scales, FULL causal attention
   downsample conv (stride 2, replicate padding) -> 12.5 Hz
   split RVQ: 1 semantic codebook + acoustic residual codebooks; the first 16 codes are kept.
-Under 4.57.3 the config's `sliding_window` (250) only reaches flash-attention; with sdpa/eager, which the
-official loader picks on CPU and by default on GPU, attention is full causal. We reproduce that.
+Under 4.57.3 the config's `sliding_window` (250) only reaches flash-attention, and the official
+Qwen3TTSModel.from_pretrained pops `attn_implementation` before loading the speech tokenizer, so Mimi
+runs sdpa (or eager): FULL causal attention, which we reproduce (5.x would apply the window).
 Parameter and buffer names equal the `encoder.*` keys of speech_tokenizer/model.safetensors.
 """
 
@@ -377,7 +378,7 @@ class CodecEncoder(nn.Module):
         weight = self.encoder.layers[0].conv.weight
         audio = audio_24k.to(device=weight.device, dtype=torch.float32).to(weight.dtype)
         codes = self(audio.view(1, 1, -1))[0]  # (16, T)
-        return codes[:, : -(-audio.numel() // SAMPLES_PER_FRAME)].transpose(0, 1).contiguous()
+        return codes[:, : math.ceil(audio.numel() / SAMPLES_PER_FRAME)].transpose(0, 1).contiguous()
 
 
 @torch.no_grad()
