@@ -65,11 +65,19 @@ def _warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) ->
 
 def draw(logits: torch.Tensor, generators: list[torch.Generator], greedy: bool, temperature: float,
          top_k: int, top_p: float) -> torch.Tensor:
-    """logits (B, V) -> codes (B,), one generator per row."""
+    """logits (B, V) -> codes (B,), one generator per row.
+
+    Sampling is by inverse CDF: each row draws one uniform number from its own generator, so the
+    whole batch is one searchsorted and a row's draw does not depend on its batch mates.
+    """
     if greedy:
         return logits.argmax(dim=-1)
     probs = _warp(logits.float(), temperature, top_k, top_p).softmax(dim=-1)
-    return torch.cat([torch.multinomial(probs[row], 1, generator=gen) for row, gen in enumerate(generators)])
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    # 1 - U(0, 1) lies in (0, 1]: the first index whose cdf reaches u * total has non-zero probability.
+    u = torch.stack([1.0 - torch.rand((), generator=gen, device=probs.device) for gen in generators])
+    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0]
+    return picks.clamp_(max=probs.shape[-1] - 1)
 
 
 class CodeZeroProcessor:

@@ -14,6 +14,7 @@ ignored and the cache slot they wrote is overwritten when they really take that 
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EngineSettings:
-    max_streams: int = 16  # cache rows: streams beyond this wait for a free row
+    max_streams: int = 8  # cache rows: streams beyond this wait for a free row
     max_lead_frames: int = 25  # a stream runs at most 2 s of audio ahead of its consumer
-    max_positions: int = 2048  # talker cache length per stream: prompt + frames
+    max_positions: int = 1024  # talker cache per stream (prompt + frames; ~75 s of speech)
     frames_per_token: float = 8.0  # runaway guard: frames allowed per text token ...
     cap_slack: int = 40  # ... plus this many
     max_text_chars: int = 20000  # per utterance
@@ -78,6 +79,9 @@ class Scheduler:
         self._prefix_cache: dict[tuple, torch.Tensor] = {}
         self.steps = 0
         self.batch_sizes: list[int] = []
+        # Per-phase timings, filled only when `profile` is set (benchmarks): synchronising costs time.
+        self.profile = False
+        self.timings: collections.deque[dict[str, float]] = collections.deque(maxlen=100_000)
         self._thread = threading.Thread(target=self._run, name="voicegate-engine", daemon=True)
         self._thread.start()
 
@@ -214,7 +218,11 @@ class Scheduler:
         if not ready:
             return False
         positions = torch.tensor([[r.position] for r in self._rows], device=device)
+        started = self._clock()
         hidden = self.talker(inputs, positions, rows=slice(0, n))[:, 0]
+        if self.profile:
+            self.timings.append({"phase": "talker", "batch": len(ready), "rows": n,
+                                 "ms": (self._clock() - started) * 1e3})
         self.steps += 1
         self.batch_sizes.append(len(ready))
         for r in ready:
@@ -232,6 +240,7 @@ class Scheduler:
         rows = [r for r in self._rows if r.hidden is not None]
         if not rows:
             return False
+        started = self._clock()
         hidden = torch.stack([r.hidden for r in rows])  # type: ignore[misc]
         logits = self.talker.logits(hidden).float()  # (B, V)
         states = [r.stream.snapshot() for r in rows]
@@ -242,7 +251,7 @@ class Scheduler:
             if r.frames < r.stream.sampling.min_new_tokens or not self._eos_allowed(r, ids, finished):
                 logits[i, self.eos_id] = NEG_INF
         logits = logits.masked_fill(self.suppress, NEG_INF)
-        code0 = torch.stack([self._draw(r, logits[i], residual=False) for i, r in enumerate(rows)])
+        code0 = self._draw(rows, logits, residual=False)
         live = [i for i, r in enumerate(rows) if int(code0[i]) != self.eos_id]
         for i, r in enumerate(rows):
             r.hidden = None
@@ -257,13 +266,20 @@ class Scheduler:
             r.seen[c] = True
 
         def choose(step_logits: torch.Tensor, step: int) -> torch.Tensor:
-            return torch.stack([self._draw(r, step_logits[i], residual=True) for i, r in enumerate(rows)])
+            return self._draw(rows, step_logits, residual=True)
 
         code0_embed = self.talker.embed_codec(code0)
+        sampled = self._clock()
         residual, residual_embeds = self.talker.code_predictor.predict(hidden, code0_embed, choose)
+        predicted = self._clock()
         codes = torch.cat([code0[:, None], residual], dim=1)  # (B, 16)
         frame_embeds = torch.cat([code0_embed[:, None], residual_embeds], dim=1).sum(dim=1)  # (B, H)
         pcm = self.codec.step([r.codec for r in rows], codes)  # (B, 1920) float
+        if self.profile:
+            decoded = self._clock()
+            self.timings.append({"phase": "frame", "batch": len(rows), "code0_ms": (sampled - started) * 1e3,
+                                 "predictor_ms": (predicted - sampled) * 1e3,
+                                 "codec_ms": (decoded - predicted) * 1e3})
         pcm16 = (pcm.clamp(-1, 1) * 32767.0).round().to(torch.int16).cpu().numpy()
         codes_np = codes.cpu().numpy().astype(np.int64)
         for i, r in enumerate(rows):
@@ -278,11 +294,29 @@ class Scheduler:
                 self._release(r)
         return True
 
-    def _draw(self, r: _Row, logits: torch.Tensor, residual: bool) -> torch.Tensor:
-        p = r.stream.sampling
-        if residual:
-            return draw(logits[None], [r.generator], p.sub_greedy, p.sub_temperature, p.sub_top_k, p.sub_top_p)[0]
-        return draw(logits[None], [r.generator], p.greedy, p.temperature, p.top_k, p.top_p)[0]
+    def _clock(self) -> float:
+        if self.profile and self.model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _draw(self, rows: list[_Row], logits: torch.Tensor, residual: bool) -> torch.Tensor:
+        """Codes for every row: one batched draw per group of rows that share sampling settings."""
+        def key(r: _Row) -> tuple:
+            p = r.stream.sampling
+            if residual:
+                return (p.sub_greedy, p.sub_temperature, p.sub_top_k, p.sub_top_p)
+            return (p.greedy, p.temperature, p.top_k, p.top_p)
+
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(key(r), []).append(i)
+        if len(groups) == 1:
+            (settings, _), = groups.items()
+            return draw(logits, [r.generator for r in rows], *settings)
+        codes = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        for settings, index in groups.items():
+            codes[index] = draw(logits[index], [rows[i].generator for i in index], *settings)
+        return codes
 
 
 def wait_idle(scheduler: Scheduler, timeout: float = 10.0) -> None:

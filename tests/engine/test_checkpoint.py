@@ -88,3 +88,13 @@ def test_offline_hub_id_explains_how_to_pass_a_directory(monkeypatch: pytest.Mon
     assert "local-dir" in str(err.value)
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         load_model(str(tmp_path / "nope"), device="cpu")
+
+
+def test_same_seed_same_weights(tiny_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    again = make_checkpoint(tmp_path / "again", "tiny", "base", seed=0)
+    for name in ("model.safetensors", "speech_tokenizer/model.safetensors"):
+        a, b = load_file(str(tiny_checkpoint("base") / name)), load_file(str(again / name))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
