@@ -111,7 +111,9 @@ def _aim_eos_at_tts_pad(model: Qwen3TTS, cfg: Qwen3TTSConfig, strength: float) -
 
 def build_random_model(cfg: Qwen3TTSConfig, seed: int) -> Qwen3TTS:
     generator = torch.Generator().manual_seed(seed)
-    model = Qwen3TTS(cfg)
+    with torch.device("meta"):  # skip torch's default init: every tensor is filled below
+        model = Qwen3TTS(cfg)
+    model.to_empty(device="cpu")
     _randomize_(model.talker, generator)
     if model.speaker_encoder is not None:
         init_speaker_encoder_(model.speaker_encoder, generator)
