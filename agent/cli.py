@@ -1,10 +1,11 @@
-"""`voicegate` command line: make-checkpoint, synth (serve and wyoming join as the server lands)."""
+"""`voicegate` command line: make-checkpoint, synth, serve (wyoming joins as it lands)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import wave
@@ -107,6 +108,45 @@ def _synth_streaming(model, args: argparse.Namespace, speaker, xvector):  # type
     return pcm.astype(np.float32) / 32767.0, codes, ended_by, first_audio_s
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.settings import ServerSettings, SessionSettings
+
+    settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or None,
+                              max_sessions=args.max_sessions, max_message_bytes=args.max_message_bytes,
+                              shutdown_grace_s=args.shutdown_grace,
+                              static_dir=Path(args.static_dir) if args.static_dir else None,
+                              session=SessionSettings(max_utterance_chars=args.max_utterance_chars,
+                                                      audio_lead_ms=args.audio_lead_ms,
+                                                      echo_guard_ms=args.echo_guard_ms))
+    settings.check_exposure()  # before loading a model: refuse an open port without a key at once
+    import torch
+
+    from agent.server import Server
+    from tts_engine.engine import Engine
+    from tts_engine.loading import load_model
+    from tts_engine.scheduler import EngineSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, device=args.device)
+    engine = Engine(model, EngineSettings(max_streams=args.max_streams))
+    rtc_settings = None
+    if args.ice_server:
+        from agent.rtc import RtcSettings
+
+        rtc_settings = RtcSettings(ice_servers=[{"urls": url} for url in args.ice_server])
+    server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings)
+    print(f"voicegate: serving {args.model} on http://{args.host}:{args.port}/ (WebSocket /v1/session)",
+          file=sys.stderr)
+    try:
+        asyncio.run(server.run())
+    finally:
+        engine.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicegate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -136,6 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--out", required=True, help="output WAV (24 kHz mono 16-bit)")
     sy.add_argument("--codes-out", help="write the codes as int64 .npy of shape (T, 16)")
     sy.set_defaults(func=cmd_synth)
+
+    sv = sub.add_parser("serve", help="the media server: browser page, WebSocket API, WebRTC, barge-in")
+    sv.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub id")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs --api-key)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    sv.add_argument("--api-key", default=os.environ.get("VOICEGATE_API_KEY"),
+                    help="required on /v1/session and /metrics (default: $VOICEGATE_API_KEY)")
+    sv.add_argument("--max-sessions", type=int, default=32)
+    sv.add_argument("--max-streams", type=int, default=16, help="engine cache rows (streams batched together)")
+    sv.add_argument("--max-message-bytes", type=int, default=64 * 1024)
+    sv.add_argument("--max-utterance-chars", type=int, default=4000)
+    sv.add_argument("--audio-lead-ms", type=float, default=120.0, help="headless audio sent ahead of real time")
+    sv.add_argument("--echo-guard-ms", type=float, default=0.0,
+                    help="default: ignore user speech that starts this soon after playback starts")
+    sv.add_argument("--ice-server", action="append", metavar="URL",
+                    help="STUN/TURN server URL for WebRTC (repeatable; default: none, host candidates only)")
+    sv.add_argument("--shutdown-grace", type=float, default=5.0,
+                    help="seconds in-flight utterances get to finish on SIGINT/SIGTERM")
+    sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")
+    sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -6,6 +6,13 @@ the caller passes the time the audio arrived.
 
 Per frame (`frame_ms` of s16 mono at `sample_rate`):
   speech = webrtcvad.is_speech(frame) and rms >= min_rms_dbfs and tonality <= max_tonality
+- webrtcvad flags the first 4 frames a fresh detector sees, and ~4 frames after any short loud sound (its
+  overhang): hence the default min_speech_ms of 120 ms (6 frames); the energy gate removes the overhang
+  after a knock in a quiet room.
+- Limits of webrtcvad (measured, tests/agent/test_vad.py): loud broadband noise (about -25 dBFS and up) is
+  speech throughout, and a steady noise that *starts* mid-stream (a fan switched on after quiet) stays
+  "speech" until it stops, because webrtcvad adapts its noise model only on frames it calls non-speech.
+  A noise floor present from the start (any real mic) is learned and not speech.
 - webrtcvad calls a steady tone (e.g. 1 kHz) speech forever and flags the first ~4 frames of almost any
   onset (its noise model starts empty); the energy gate drops near-silence, and the tonality gate (the
   share of the frame's power in the strongest 5 FFT bins; 0.9999 for a pure tone, <= 0.92 on espeak
@@ -31,7 +38,9 @@ SPEECH_STOPPED = "speech_stopped"
 @dataclass(frozen=True)
 class VadSettings:
     aggressiveness: int = 3  # webrtcvad mode 0-3; 2-3 gave 0 false positives on silence (notes §2)
-    min_speech_ms: int = 60  # consecutive speech before "speech_started" (3 frames of 20 ms)
+    # Consecutive speech before "speech_started". webrtcvad calls the first 4-5 frames (80-100 ms) of almost
+    # any onset speech, steady noise at -30..-50 dBFS included; 120 ms (6 frames) rides over that.
+    min_speech_ms: int = 120
     hangover_ms: int = 300  # consecutive non-speech before "speech_stopped"
     frame_ms: int = 20  # 10, 20 or 30 (webrtcvad's frame sizes)
     sample_rate: int = 16000  # 8000, 16000, 32000 or 48000 (webrtcvad's rates)

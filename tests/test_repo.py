@@ -26,3 +26,12 @@ def test_runtime_code_never_imports_the_reference_package() -> None:
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
             assert not re.search(r"^\s*(import|from)\s+(qwen_tts|librosa)\b", text, re.M), path
+
+
+def test_readme_engine_example_runs(tiny_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Streaming engine (Python)", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = block.replace('"./tiny"', repr(str(tiny_checkpoint("custom_voice"))))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["stream"].end.reason == "eos"

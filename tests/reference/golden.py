@@ -6,7 +6,6 @@ tests/engine/test_golden.py runs them through voicegate and compares.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from safetensors import safe_open
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO / "tests" / "fixtures" / "golden"
 MANIFEST = GOLDEN_DIR / "manifest.json"
+CHECKPOINTS = GOLDEN_DIR / "checkpoints.json"  # per kind: seed, size and the weight fingerprint
 MAX_TOTAL_BYTES = 1_500_000
 
 CHECKPOINT_SIZE = "tiny"
@@ -62,18 +62,32 @@ def cases() -> list[dict]:
     return out
 
 
-def checkpoint_fingerprint(path: Path) -> str:
-    """sha256 over the tensors that decide the codes and the waveform: talker and codec decoder (names,
-    dtypes, shapes, bytes). A different value means the fixtures are stale. The speaker encoder is left
-    out: the fixtures store the official x-vector, which is what the talker sees."""
-    digest = hashlib.sha256()
+def checkpoint_fingerprint(path: Path) -> dict[str, list]:
+    """{tensor name: [shape, mean, rms, ramp-weighted mean]} for the tensors that decide the codes and
+    the waveform (talker, codec decoder). The speaker encoder is left out: the fixtures store the
+    official x-vector, which is all the talker sees.
+
+    Not a byte hash: make-checkpoint's floats may differ in the last bit with the torch thread count
+    (1e-9 seen in the codec init), which moves no code; a changed init moves these moments by O(1/sqrt(n)).
+    """
+    out: dict[str, list] = {}
     for file, prefix in ((path / "model.safetensors", "talker."),
                          (path / "speech_tokenizer" / "model.safetensors", "decoder.")):
         with safe_open(str(file), framework="pt") as handle:
             for name in sorted(handle.keys()):
-                if not name.startswith(prefix):
-                    continue
-                tensor = handle.get_tensor(name).contiguous()
-                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+                if name.startswith(prefix):
+                    values = handle.get_tensor(name).double().reshape(-1)
+                    ramp = torch.linspace(-1.0, 1.0, values.numel(), dtype=torch.float64)
+                    moments = (values.mean(), values.square().mean().sqrt(), (values * ramp).mean())
+                    out[name] = [list(handle.get_slice(name).get_shape()), *(float(f"{m:.9g}") for m in moments)]
+    return out
+
+
+def changed_tensors(found: dict[str, list], expected: dict[str, list], tol: float = 1e-6) -> list[str]:
+    """Names whose shape or moments differ (beyond float rounding), plus missing and unexpected ones."""
+    changed = sorted(set(found) ^ set(expected))
+    for name in sorted(set(found) & set(expected)):
+        (shape_a, *a), (shape_b, *b) = found[name], expected[name]
+        if shape_a != shape_b or any(abs(x - y) > tol * max(abs(x), abs(y)) + 1e-9 for x, y in zip(a, b, strict=True)):
+            changed.append(name)
+    return changed

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.reference.golden import (
     CHECKPOINT_SEEDS,
     CHECKPOINT_SIZE,
+    CHECKPOINTS,
     GOLDEN_DIR,
     MANIFEST,
     MAX_TOTAL_BYTES,
@@ -101,7 +102,7 @@ def main() -> int:
             ckpt = checkpoints[case["kind"]]
             manifest_cases.append({
                 "name": case["name"], "file": f"{case['name']}.npz",
-                "checkpoint": {k: ckpt[k] for k in ("kind", "size", "seed", "fingerprint")},
+                "checkpoint": {k: ckpt[k] for k in ("kind", "size", "seed")},
                 "text": case["text"], "speaker": case["speaker"], "language": case["language"],
                 "instruct": case["instruct"], "non_streaming": case["non_streaming"],
                 "max_new_tokens": case["max_new_tokens"],
@@ -123,6 +124,9 @@ def main() -> int:
             "cases": manifest_cases,
         }
         MANIFEST.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        CHECKPOINTS.write_text(json.dumps(
+            {kind: {k: c[k] for k in ("kind", "size", "seed", "fingerprint")} for kind, c in checkpoints.items()},
+            separators=(",", ":")) + "\n")
         total = sum(f.stat().st_size for f in GOLDEN_DIR.iterdir() if f.is_file())
         if total > MAX_TOTAL_BYTES:
             raise SystemExit(f"golden fixtures take {total} bytes > {MAX_TOTAL_BYTES}: store fewer waveforms")

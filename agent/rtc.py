@@ -1,0 +1,462 @@
+"""WebRTC media for one listener: the outbound speech track, the inbound mic -> VAD path, ICE on loopback.
+
+Measured facts behind every choice here: /work/shared/notes/webrtc-media.md (aiortc 1.16 / Chromium 156).
+
+Outbound (`OutboundAudio`): engine frames (80 ms, 24 kHz) go through ONE persistent resampler to 48 kHz into a
+tagged FIFO and leave `recv()` as 20 ms / 960-sample s16 mono frames with pts = running sample count, paced on
+an absolute monotonic clock that starts at the first `recv()` (late frames catch up; the schedule never
+drifts), and silence whenever nothing is queued (80 ms frames and pauses both break Chrome's playback).
+
+Inbound (`RtcPeer`): the remote mic track is read by one task: frames -> mono s16 at the VAD rate ->
+`VoiceActivityDetector` -> `on_speech(event, t)` on the loop.
+
+Receive latency (the aiortc jitter buffer). aiortc hard-codes `JitterBuffer(capacity=16, prefetch=4)` for
+audio: about 80 ms before a mic frame reaches the VAD, and worse: a single lost packet leaves it ~14 packets
+(280 ms) behind for the rest of the call (one frame out per packet in, with either prefetch; see
+tests/agent/test_rtc.py). For this peer only (`RtcSettings.receive_buffer = "low_latency"`, the default) the
+audio receiver's buffer is replaced, before any RTP can arrive, by `LowLatencyAudioBuffer`: every Opus packet
+is a whole frame, so it is released as soon as it is next in sequence; a hole is given up on once
+`reorder_packets` later packets have arrived, and the backlog of ready packets is capped at `max_backlog`
+(older ones dropped). Extra latency: 0 in order, at most 20 ms after loss or reordering. It replaces a private
+attribute (`RTCRtpReceiver._RTCRtpReceiver__jitter_buffer`); if a future aiortc renames it, the peer logs a
+warning and keeps aiortc's buffer. `receive_buffer = "aiortc"` keeps aiortc's buffer.
+
+ICE. `iceServers` comes from `RtcSettings.ice_servers` (default [] = no STUN; aiortc's own default would be
+Google's STUN server). aioice never offers 127.0.0.1; `RtcSettings.include_loopback` (default True) adds it
+and `host_addresses` replaces the interface list (tests use ["127.0.0.1"] for loopback-only). This goes
+through a context variable read by a wrapper around `aioice.ice.get_host_addresses`, so it applies only to
+peers gathering inside `use_host_addresses()` (RtcPeer.answer does that itself).
+
+Interface additions (beyond the shared brief): `OutboundAudio(input_rate=24000, ...)` also serves as a paced
+PCM source at any rate (the test/bench mic track uses 48000); `OutboundAudio.stats`; `RtcPeer.on_state`,
+`RtcPeer.vad`, `RtcPeer.mic_stats`, `RtcPeer.receive_buffer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import aioice.ice
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+
+from .audio import WEBRTC_RATE, MicConverter, Resampler, audio_frame, fade_out
+from .vad import VadSettings, VoiceActivityDetector
+
+logger = logging.getLogger(__name__)
+
+FRAME_MS = 20
+FRAME_SAMPLES = WEBRTC_RATE * FRAME_MS // 1000  # 960
+
+
+@dataclass(frozen=True)
+class RtcSettings:
+    # [{"urls": "stun:host:port" | [...], "username": ..., "credential": ...}] ("url" also accepted); [] = none
+    ice_servers: list[dict] = field(default_factory=list)
+    host_addresses: list[str] | None = None  # ICE host candidate addresses; None = every interface address
+    include_loopback: bool = True  # add 127.0.0.1 to the interface addresses (aioice leaves it out)
+    receive_buffer: str = "low_latency"  # "low_latency" (LowLatencyAudioBuffer) | "aiortc" (prefetch 4)
+    reorder_packets: int = 2  # low_latency: later packets that arrive before a missing one is given up
+    max_backlog: int = 1  # low_latency: ready packets held behind the one released (older ones dropped)
+    fade_ms: float = 10.0  # default fade of OutboundAudio.flush()
+    resync_after_ms: float = 500.0  # outbound: a recv() later than this re-anchors the clock (no burst)
+
+    def __post_init__(self) -> None:
+        if self.receive_buffer not in ("low_latency", "aiortc"):
+            raise ValueError(f"receive_buffer must be 'low_latency' or 'aiortc', got {self.receive_buffer!r}")
+        for server in self.ice_servers:
+            if not isinstance(server, dict) or not (server.get("urls") or server.get("url")):
+                raise ValueError(f"ice server needs 'urls' (or 'url'): {server!r}")
+
+    def rtc_ice_servers(self) -> list[RTCIceServer]:
+        return [RTCIceServer(urls=s.get("urls") or s["url"], username=s.get("username"),
+                             credential=s.get("credential")) for s in self.ice_servers]
+
+
+# ---------------------------------------------------------------------------------------------- ICE hosts
+
+_HOST_ADDRESSES: contextvars.ContextVar[tuple[tuple[str, ...] | None, bool] | None] = contextvars.ContextVar(
+    "voicegate_ice_host_addresses", default=None)
+_aioice_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    choice = _HOST_ADDRESSES.get()
+    if choice is None:
+        return _aioice_get_host_addresses(use_ipv4, use_ipv6)
+    explicit, loopback = choice
+    if explicit is not None:
+        return list(explicit)
+    addresses = _aioice_get_host_addresses(use_ipv4, use_ipv6)
+    if loopback and use_ipv4 and "127.0.0.1" not in addresses:
+        addresses.append("127.0.0.1")
+    return addresses
+
+
+if not getattr(aioice.ice.get_host_addresses, "_voicegate", False):
+    _get_host_addresses._voicegate = True  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@contextlib.contextmanager
+def use_host_addresses(addresses: list[str] | None = None, include_loopback: bool = True) -> Iterator[None]:
+    """ICE gathering started inside this block (setLocalDescription) offers these host addresses."""
+    token = _HOST_ADDRESSES.set((None if addresses is None else tuple(addresses), include_loopback))
+    try:
+        yield
+    finally:
+        _HOST_ADDRESSES.reset(token)
+
+
+# ------------------------------------------------------------------------------------ receive jitter buffer
+
+class LowLatencyAudioBuffer(JitterBuffer):
+    """Audio jitter buffer for a consumer that does not play out (our VAD): release packets as they come.
+
+    Each audio RTP packet (Opus, G.711) is a complete frame, so the in-order packet is returned at once.
+    A missing packet is waited for until `reorder_packets` later packets are stored, then skipped. Ready
+    packets beyond `max_backlog` behind the released one are dropped, which bounds the added latency to
+    `max_backlog` packets (aiortc's own buffer stays ~14 packets behind after one loss).
+    """
+
+    def __init__(self, capacity: int = 16, reorder_packets: int = 2, max_backlog: int = 1) -> None:
+        super().__init__(capacity=capacity, prefetch=0)
+        if not 1 <= reorder_packets < capacity or not 0 <= max_backlog < capacity:
+            raise ValueError("need 1 <= reorder_packets < capacity and 0 <= max_backlog < capacity")
+        self.reorder_packets, self.max_backlog = reorder_packets, max_backlog
+        self.released = self.lost = self.dropped = self.late = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._origin is None:
+            self._origin = seq
+        delta = (seq - self._origin) & 0xFFFF
+        if delta >= 0x8000 and 0x10000 - delta <= 100:  # behind the window: late, duplicate or skipped
+            self.late += 1
+            return False, None
+        if delta >= self._capacity:  # past the window (a burst loss or a sender restart): start over here
+            self._restart(seq)
+        slot = seq % self._capacity
+        if self._packets[slot] is not None:  # duplicate
+            return False, None
+        self._packets[slot] = packet
+        return False, self._release()
+
+    def _restart(self, seq: int) -> None:
+        stored = sum(p is not None for p in self._packets)
+        self.dropped += stored
+        self._packets = [None] * self._capacity
+        self._origin = seq
+
+    def _at(self, offset: int) -> RtpPacket | None:
+        return self._packets[(self._origin + offset) % self._capacity]
+
+    def _release(self) -> JitterFrame | None:
+        if self._at(0) is None:  # a hole: wait for it, up to reorder_packets later packets
+            if sum(p is not None for p in self._packets) < self.reorder_packets:
+                return None
+            while self._at(0) is None:
+                self._origin = (self._origin + 1) & 0xFFFF
+                self.lost += 1
+        ready = 1
+        while ready < self._capacity and self._at(ready) is not None:
+            ready += 1
+        drop = max(0, ready - 1 - self.max_backlog)
+        self.dropped += drop
+        self.remove(drop)
+        packet = self._at(0)
+        assert packet is not None
+        self.remove(1)
+        self.released += 1
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+def _install_receive_buffer(pc: RTCPeerConnection, settings: RtcSettings) -> str:
+    """Swap the audio receivers' jitter buffer of this peer (before any RTP arrives); returns what is used."""
+    if settings.receive_buffer == "aiortc":
+        return "aiortc"
+    installed = False
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if transceiver.kind != "audio" or not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+            continue
+        receiver._RTCRtpReceiver__jitter_buffer = LowLatencyAudioBuffer(  # type: ignore[attr-defined]
+            reorder_packets=settings.reorder_packets, max_backlog=settings.max_backlog)
+        installed = True
+    if not installed:
+        logger.warning("aiortc's audio receiver has no _RTCRtpReceiver__jitter_buffer: keeping its own buffer")
+        return "aiortc"
+    return "low_latency"
+
+
+# ------------------------------------------------------------------------------------------ outbound track
+
+@dataclass
+class OutboundStats:
+    frames: int = 0  # frames returned by recv()
+    audio_frames: int = 0  # of which carried queued audio (the rest: silence)
+    underruns: int = 0  # frames that had some audio but not 20 ms of it (zero-padded)
+    resyncs: int = 0  # clock re-anchored after a stall longer than resync_after_ms
+    lateness_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=3000))
+
+    def lateness_percentile(self, q: float) -> float:
+        """recv() return time minus its scheduled time (ms), over the last 3000 frames."""
+        return float(np.percentile(np.asarray(self.lateness_ms), q)) if self.lateness_ms else 0.0
+
+
+class OutboundAudio(MediaStreamTrack):
+    """The speech track sent to the listener: 20 ms s16 mono 48 kHz frames, paced, silence when idle.
+
+    enqueue()/flush()/queued_ms() are called on the event loop (the session's task); recv() is called by
+    aiortc's sender task. Memory is bounded by what the caller enqueues (the session bounds the engine's lead).
+    """
+
+    kind = "audio"
+
+    def __init__(self, input_rate: int = 24000, fade_ms: float = 10.0, resync_after_ms: float = 500.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.input_rate = input_rate
+        self.fade_ms = fade_ms
+        self.resync_after_ms = resync_after_ms
+        self.on_sent: Callable[[str, float], None] | None = None
+        self.stats = OutboundStats()
+        self._clock = clock
+        self._resampler = Resampler(input_rate, WEBRTC_RATE)
+        self._resampler_utterance: str | None = None  # whose samples the resampler still holds
+        self._fifo: collections.deque[tuple[str, np.ndarray]] = collections.deque()  # 48 kHz, tagged
+        self._queued = 0  # samples in _fifo
+        self._t0: float | None = None  # clock at the first recv()
+        self._n = 0  # frames returned so far (pts = _n * 960)
+
+    # -- producer side
+    def enqueue(self, pcm24k: np.ndarray, utterance: str) -> None:
+        """Queue one engine frame (int16 mono at input_rate, normally 1920 samples = 80 ms) for `utterance`."""
+        if not isinstance(pcm24k, np.ndarray) or pcm24k.dtype != np.int16 or pcm24k.ndim != 1:
+            raise TypeError("pcm24k must be a 1-D int16 numpy array")
+        if self.readyState != "live" or len(pcm24k) == 0:
+            return
+        if self._resampler_utterance is not None and self._resampler_utterance != utterance:
+            self._push(self._resampler_utterance, self._resampler.drain())  # the previous utterance's tail
+        self._resampler_utterance = utterance
+        self._push(utterance, self._resampler.push(pcm24k))
+
+    def flush(self, fade_ms: float | None = None) -> float:
+        """Drop everything queued now; the next `fade_ms` of it are kept with a linear fade to zero (no click).
+
+        Returns the milliseconds dropped (not counting the fade). Audio already returned by recv() is gone.
+        """
+        fade_ms = self.fade_ms if fade_ms is None else fade_ms
+        before = self._queued
+        self._resampler.reset()
+        self._resampler_utterance = None
+        fade_n = min(self._queued, max(0, round(fade_ms * WEBRTC_RATE / 1000)))
+        head = self._take(fade_n)
+        self._fifo.clear()
+        self._queued = 0
+        if head:
+            faded = fade_out(np.concatenate([pcm for _, pcm in head]))
+            start = 0
+            for utterance, pcm in head:
+                self._push(utterance, faded[start:start + len(pcm)])
+                start += len(pcm)
+        return (before - fade_n) * 1000.0 / WEBRTC_RATE
+
+    def queued_ms(self) -> float:
+        return self._queued * 1000.0 / WEBRTC_RATE
+
+    # -- aiortc side
+    async def recv(self) -> MediaStreamTrack:  # returns av.AudioFrame
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = self._clock()
+        if self._t0 is None:
+            self._t0 = now
+        target = self._t0 + self._n * FRAME_MS / 1000.0
+        if target > now:
+            await asyncio.sleep(target - now)
+            if self.readyState != "live":
+                raise MediaStreamError
+        elif (now - target) * 1000.0 > self.resync_after_ms:
+            self._t0 += now - target  # a stall: skip ahead instead of sending a long burst
+            target = now
+            self.stats.resyncs += 1
+        self.stats.lateness_ms.append(max(0.0, (self._clock() - target) * 1000.0))
+        pcm, parts = self._next_frame()
+        frame = audio_frame(pcm, WEBRTC_RATE, self._n * FRAME_SAMPLES)
+        self._n += 1
+        self.stats.frames += 1
+        if parts:
+            self.stats.audio_frames += 1
+            if self.on_sent is not None:
+                for utterance, samples in parts:
+                    try:
+                        self.on_sent(utterance, samples * 1000.0 / WEBRTC_RATE)
+                    except Exception:
+                        logger.exception("on_sent callback failed")
+        return frame
+
+    # -- internals
+    def _push(self, utterance: str, pcm: np.ndarray) -> None:
+        if len(pcm):
+            self._fifo.append((utterance, pcm))
+            self._queued += len(pcm)
+
+    def _take(self, n: int) -> list[tuple[str, np.ndarray]]:
+        """Pop up to n samples off the FIFO, as tagged pieces."""
+        out: list[tuple[str, np.ndarray]] = []
+        while n > 0 and self._fifo:
+            utterance, pcm = self._fifo[0]
+            if len(pcm) <= n:
+                self._fifo.popleft()
+                piece = pcm
+            else:
+                piece, self._fifo[0] = pcm[:n], (utterance, pcm[n:])
+            out.append((utterance, piece))
+            self._queued -= len(piece)
+            n -= len(piece)
+        return out
+
+    def _next_frame(self) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """960 samples and, per utterance in them, how many samples were its audio."""
+        if self._queued < FRAME_SAMPLES and self._resampler_utterance is not None:
+            # The queue runs dry (the end of an utterance, or the engine fell behind): push out what the
+            # resampler still holds (32 samples) so that the utterance ends complete.
+            self._push(self._resampler_utterance, self._resampler.drain())
+            self._resampler_utterance = None
+        pieces = self._take(FRAME_SAMPLES)
+        if not pieces:
+            return np.zeros(FRAME_SAMPLES, np.int16), []
+        pcm = pieces[0][1] if len(pieces) == 1 else np.concatenate([p for _, p in pieces])
+        if len(pcm) < FRAME_SAMPLES:
+            self.stats.underruns += 1
+            pcm = np.concatenate([pcm, np.zeros(FRAME_SAMPLES - len(pcm), np.int16)])
+        parts: dict[str, int] = {}
+        for utterance, piece in pieces:
+            parts[utterance] = parts.get(utterance, 0) + len(piece)
+        return pcm, list(parts.items())
+
+
+# --------------------------------------------------------------------------------------------------- peer
+
+@dataclass
+class MicStats:
+    frames: int = 0  # mic frames read
+    vad_s: float = 0.0  # time spent converting + classifying them (on the loop)
+    events: int = 0
+
+
+class RtcPeer:
+    """One listener's RTCPeerConnection: our OutboundAudio out, their mic in (-> VAD -> on_speech)."""
+
+    def __init__(self, settings: RtcSettings, vad: VadSettings,
+                 on_speech: Callable[[str, float], None]) -> None:
+        self.settings = settings
+        self.vad = VoiceActivityDetector(vad)
+        self.on_speech = on_speech
+        self.on_state: Callable[[str], None] | None = None  # connection state changes, on the loop
+        self.outbound = OutboundAudio(fade_ms=settings.fade_ms, resync_after_ms=settings.resync_after_ms)
+        self.mic_stats = MicStats()
+        self.receive_buffer = settings.receive_buffer  # what is actually in use, after answer()
+        self._pc: RTCPeerConnection | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    @property
+    def connection_state(self) -> str:
+        if self._closed:
+            return "closed"
+        return "new" if self._pc is None else self._pc.connectionState
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Take the listener's offer, return our complete answer SDP (all candidates in it, no trickle)."""
+        if self._closed:
+            raise RuntimeError("peer is closed")
+        if self._pc is not None:
+            raise RuntimeError("answer() was already called (renegotiation is not supported)")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self.settings.rtc_ice_servers()))
+        self._pc = pc
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as exc:
+            raise ValueError(f"bad SDP offer: {exc}") from exc
+        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+            raise ValueError("the offer has no audio section")
+        pc.addTrack(self.outbound)
+        self.receive_buffer = _install_receive_buffer(pc, self.settings)
+        answer = await pc.createAnswer()
+        with use_host_addresses(self.settings.host_addresses, self.settings.include_loopback):
+            await pc.setLocalDescription(answer)  # gathers every candidate before returning
+        return pc.localDescription.sdp
+
+    async def close(self) -> None:
+        """Stop the mic task, the track and the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.outbound.stop()
+        if self._pc is not None:
+            await self._pc.close()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio" or self._closed:
+            return
+        if any(not t.done() for t in self._tasks):
+            logger.info("ignoring a second remote audio track")
+            return
+        task = asyncio.get_running_loop().create_task(self._read_mic(track), name="rtc-mic")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_connection_state(self) -> None:
+        state = self.connection_state
+        logger.debug("peer connection %s", state)
+        if self.on_state is not None:
+            try:
+                self.on_state(state)
+            except Exception:
+                logger.exception("on_state callback failed")
+
+    async def _read_mic(self, track: MediaStreamTrack) -> None:
+        converter = MicConverter(self.vad.settings.sample_rate, align=self.vad.settings.frame_samples)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            t = time.monotonic()
+            try:
+                events = self.vad.process(converter.convert(frame), t)
+            except Exception:  # a frame we cannot convert must not end barge-in for the session
+                logger.exception("mic frame dropped")
+                continue
+            self.mic_stats.frames += 1
+            self.mic_stats.vad_s += time.monotonic() - t
+            for event, t_event in events:
+                self.mic_stats.events += 1
+                try:
+                    self.on_speech(event, t_event)
+                except Exception:
+                    logger.exception("on_speech callback failed")

@@ -1,0 +1,270 @@
+"""The media server: HTTP routes and the WebSocket endpoint on one port (websockets, asyncio).
+
+Routes:
+  GET /             the browser page (web_client/index.html; a placeholder until it exists) and its files
+  GET /healthz      {"ok": true, "model": ..., "sessions": n, ...}
+  GET /metrics      Prometheus text (API key required when one is set)
+  GET /v1/session   WebSocket: a new session, or `?session=ID&token=TOKEN` to join one as a producer
+                    (API key, when set: `Authorization: Bearer KEY` or `?api_key=KEY`)
+
+The server owns one engine (shared by every session: its scheduler batches their streams) and the
+session table. Shutdown (SIGINT/SIGTERM via `run`): stop accepting, flush open utterances, give in-flight
+ones `shutdown_grace_s` to finish, interrupt the rest (reason "shutdown"), close peers and sockets (1001).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hmac
+import http
+import json
+import logging
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import protocol
+from .connection import Connection
+from .metrics import Metrics
+from .session import ModelInfo, Session
+from .settings import ServerSettings
+
+if TYPE_CHECKING:
+    from tts_engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".json": "application/json", ".wav": "audio/wav",
+                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+
+PLACEHOLDER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>voicegate</title></head>
+<body><h1>voicegate</h1>
+<p>The media server is running. The browser client is not installed here; connect a WebSocket to
+<code>/v1/session</code> (see docs/protocol.md), or check <a href="/healthz">/healthz</a>.</p>
+</body></html>
+"""
+
+
+def _response(status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> Response:
+    code = http.HTTPStatus(status)
+    headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Content-Length", str(len(body))),
+                       ("Content-Type", content_type), ("Cache-Control", "no-store")])
+    for name, value in (extra or {}).items():
+        headers[name] = value
+    return Response(code.value, code.phrase, headers, body)
+
+
+def _json(status: int, obj: Any) -> Response:
+    return _response(status, (json.dumps(obj) + "\n").encode(), "application/json")
+
+
+class Server:
+    def __init__(self, engine: Engine, settings: ServerSettings | None = None, model_name: str = "model",
+                 rtc_settings: Any = None, vad_defaults: Any = None) -> None:
+        self.engine = engine
+        self.settings = settings or ServerSettings()
+        self.settings.check_exposure()
+        self.info = ModelInfo.from_engine(engine, model_name)
+        self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
+        self.metrics = Metrics()
+        self.sessions: dict[str, Session] = {}
+        self.tokenizer = self._load_tokenizer()
+        self.static_dir = self.settings.static_dir or Path(__file__).resolve().parent.parent / "web_client"
+        self.started = time.time()
+        self.shutting_down = False
+        self._ws: WsServer | None = None
+        self._session_closers: set[asyncio.Task[None]] = set()
+        m = self.metrics
+        m.gauge("voicegate_sessions", "Open sessions.", lambda: len(self.sessions))
+        m.gauge("voicegate_connections", "Open session WebSockets.",
+                lambda: sum(len(s.connections) for s in self.sessions.values()))
+        m.gauge("voicegate_utterances_in_flight", "Utterances playing or queued.",
+                lambda: sum(sum(1 for u in s.queue if u.ended is None) for s in self.sessions.values()))
+        m.gauge("voicegate_engine_streams", "Streams the engine is stepping.",
+                lambda: self.engine.scheduler.live_streams)
+        m.gauge("voicegate_engine_steps", "Engine steps so far (monotonic).", lambda: self.engine.scheduler.steps)
+        m.track_engine_batches(lambda: self.engine.scheduler.batch_sizes)
+
+    def _load_tokenizer(self) -> Any:
+        try:
+            from tts_engine.text import load_fast_tokenizer
+
+            return load_fast_tokenizer(self.engine.model.path)
+        except Exception:  # spoken_text then uses the speaking rate alone
+            log.warning("no tokenizer for spoken_text estimates", exc_info=True)
+            return None
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self._ws = await serve(self._handler, s.host, s.port, process_request=self._process_request,
+                               max_size=s.max_frame_bytes, max_queue=s.max_incoming_queue,
+                               write_limit=s.write_limit, ping_interval=s.ping_interval,
+                               ping_timeout=s.ping_timeout, server_header="voicegate")
+        log.info("voicegate serving on http://%s:%d/", s.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._ws is not None
+        return int(self._ws.sockets[0].getsockname()[1])
+
+    async def shutdown(self) -> None:
+        """Graceful stop: see the module docstring."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        if self._ws is not None:
+            self._ws.server.close()  # stop accepting; open connections stay until their sessions end
+        sessions = list(self.sessions.values())
+        await asyncio.gather(*(s.shutdown(self.settings.shutdown_grace_s) for s in sessions),
+                             return_exceptions=True)
+        closes = [c.flush_and_close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+                  for s in sessions for c in list(s.connections.values())]
+        await asyncio.gather(*closes, return_exceptions=True)
+        await asyncio.gather(*(self._end_session(s) for s in sessions), return_exceptions=True)
+        if self._ws is not None:
+            self._ws.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.wait_closed(), 10.0)
+
+    async def run(self) -> None:
+        """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            log.info("shutting down")
+            await self.shutdown()
+
+    # ---- HTTP -------------------------------------------------------------------------------------
+    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
+        key = self.settings.api_key
+        if not key:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else (query.get("api_key") or [""])[0]
+        return hmac.compare_digest(given.encode(), key.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        path = url.path
+        if path == "/v1/session":
+            if not self._authorized(request, query):
+                self.metrics.errors_total.inc(code="unauthorized")
+                return _response(401, b"missing or wrong API key (Authorization: Bearer KEY or ?api_key=KEY)\n",
+                                 "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
+            if self.settings.socket_send_buffer:
+                sock = connection.transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_send_buffer)
+            return None  # WebSocket handshake
+        if path == "/healthz":
+            return _json(200, self.health())
+        if path == "/metrics":
+            if not self._authorized(request, query):
+                return _response(401, b"missing or wrong API key\n", "text/plain; charset=utf-8",
+                                 {"WWW-Authenticate": "Bearer"})
+            return _response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        return self._static(path)
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": not self.shutting_down, "model": self.info.name, "model_kind": self.info.kind,
+                "device": str(self.engine.model.device), "sessions": len(self.sessions),
+                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1)}
+
+    def _static(self, path: str) -> Response:
+        name = "index.html" if path in ("/", "") else path.lstrip("/")
+        if "/" in name or "\\" in name or name.startswith(".") or Path(name).suffix not in CONTENT_TYPES:
+            return _response(404, b"not found\n", "text/plain; charset=utf-8")
+        file = self.static_dir / name
+        if not file.is_file():
+            if name == "index.html":
+                return _response(200, PLACEHOLDER_PAGE.encode(), CONTENT_TYPES[".html"])
+            return _response(404, b"not found\n", "text/plain; charset=utf-8")
+        return _response(200, file.read_bytes(), CONTENT_TYPES[file.suffix])
+
+    # ---- WebSocket --------------------------------------------------------------------------------
+    def _admit(self, query: dict[str, list[str]]) -> tuple[Session | None, tuple[str, int, str] | None]:
+        """(session, None) to attach to, or (None, (error code, close code, message))."""
+        if self.shutting_down:
+            return None, (protocol.SHUTTING_DOWN, protocol.CLOSE_GOING_AWAY, "server shutting down")
+        sid = (query.get("session") or [None])[0]
+        if sid is None:
+            if len(self.sessions) >= self.settings.max_sessions:
+                return None, (protocol.MAX_SESSIONS, protocol.CLOSE_TRY_AGAIN,
+                              f"server full: {self.settings.max_sessions} sessions (max_sessions); try later")
+            session = Session(self.engine, self.info, self.settings.session, self.metrics, self.tokenizer,
+                              self.rtc_settings, self.vad_defaults)
+            self.sessions[session.id] = session
+            self.metrics.sessions_total.inc()
+            return session, None
+        session = self.sessions.get(sid)
+        if session is None or session.closed:
+            return None, (protocol.UNKNOWN_SESSION, protocol.CLOSE_UNKNOWN_SESSION, f"unknown session {sid[:40]!r}")
+        token = (query.get("token") or [""])[0]
+        if not hmac.compare_digest(token.encode(), session.token.encode()):
+            return None, (protocol.BAD_TOKEN, protocol.CLOSE_BAD_TOKEN,
+                          f"wrong or missing token for session {sid[:40]}")
+        if len(session.connections) >= self.settings.session.max_connections:
+            return None, (protocol.TOO_MANY_CONNECTIONS, protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                          f"session {sid[:40]} already has {len(session.connections)} connections")
+        return session, None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        query = parse_qs(urlsplit(ws.request.path).query)
+        conn = Connection(ws, self.settings.session.max_outgoing_bytes,
+                          on_error=lambda code: self.metrics.errors_total.inc(code=code))
+        session: Session | None = None
+        try:
+            session, refusal = self._admit(query)
+            if refusal is not None:
+                code, close_code, message = refusal
+                log.info("refused a connection: %s", message)
+                conn.send_error(code, message)
+                await conn.flush_and_close(close_code, message)
+                return
+            assert session is not None
+            session.attach(conn, owner="session" not in query)
+            max_bytes = self.settings.max_message_bytes
+            async for data in ws:
+                await session.handle(conn, data, max_bytes)
+                if not conn.open:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            if session is not None:
+                session.detach(conn)
+                if not session.connections and not self.shutting_down:
+                    await self._end_session(session)
+            await conn.aclose()
+
+    async def _end_session(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        await session.close()
+
+
+async def serve_model(engine: Engine, settings: ServerSettings, model_name: str) -> None:
+    """`voicegate serve`: run until a signal."""
+    await Server(engine, settings, model_name).run()
