@@ -121,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                       audio_lead_ms=args.audio_lead_ms,
                                                       echo_guard_ms=args.echo_guard_ms))
     settings.check_exposure()  # before loading a model: refuse an open port without a key at once
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is too chatty
     import torch
 
     from agent.server import Server
@@ -138,12 +139,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         rtc_settings = RtcSettings(ice_servers=[{"urls": url} for url in args.ice_server])
     server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings)
-    print(f"voicegate: serving {args.model} on http://{args.host}:{args.port}/ (WebSocket /v1/session)",
-          file=sys.stderr)
+
+    def started(srv: Server) -> None:
+        print(f"voicegate: serving {args.model} on http://{args.host}:{srv.port}/ (WebSocket /v1/session)",
+              file=sys.stderr, flush=True)
+
     try:
-        asyncio.run(server.run())
+        asyncio.run(server.run(on_started=started))
     finally:
         engine.close()
+    print("voicegate: stopped", file=sys.stderr)
     return 0
 
 

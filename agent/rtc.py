@@ -38,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +58,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
 from .audio import WEBRTC_RATE, MicConverter, Resampler, audio_frame, fade_out
-from .vad import VadSettings, VoiceActivityDetector
+from .vad import SPEECH_STARTED, VadSettings, VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
 
@@ -355,11 +356,21 @@ class OutboundAudio(MediaStreamTrack):
 
 # --------------------------------------------------------------------------------------------------- peer
 
+def _accepts_onset(callback: Callable[..., None]) -> bool:
+    """Whether on_speech takes an `onset_t` keyword (the VAD's estimate of when the speech run began)."""
+    try:
+        return "onset_t" in inspect.signature(callback).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass
 class MicStats:
     frames: int = 0  # mic frames read
     vad_s: float = 0.0  # time spent converting + classifying them (on the loop)
-    events: int = 0
+    # recent mic frames (pts, arrival time) and VAD events (event, t_event, t after on_speech returned)
+    arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
+    events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
 
 
 class RtcPeer:
@@ -370,6 +381,7 @@ class RtcPeer:
         self.settings = settings
         self.vad = VoiceActivityDetector(vad)
         self.on_speech = on_speech
+        self._pass_onset = _accepts_onset(on_speech)
         self.on_state: Callable[[str], None] | None = None  # connection state changes, on the loop
         self.outbound = OutboundAudio(fade_ms=settings.fade_ms, resync_after_ms=settings.resync_after_ms)
         self.mic_stats = MicStats()
@@ -406,6 +418,13 @@ class RtcPeer:
         with use_host_addresses(self.settings.host_addresses, self.settings.include_loopback):
             await pc.setLocalDescription(answer)  # gathers every candidate before returning
         return pc.localDescription.sdp
+
+    def set_vad(self, settings: VadSettings) -> None:
+        """New VAD settings from now on (a fresh detector that keeps the speaking / quiet state)."""
+        if settings == self.vad.settings:
+            return
+        old, self.vad = self.vad, VoiceActivityDetector(settings)
+        self.vad.speaking, self.vad.onset_t = old.speaking, old.onset_t
 
     async def close(self) -> None:
         """Stop the mic task, the track and the connection; idempotent."""
@@ -447,16 +466,24 @@ class RtcPeer:
             except MediaStreamError:
                 return
             t = time.monotonic()
+            vad = self.vad.settings
+            if (converter.rate, converter.align) != (vad.sample_rate, vad.frame_samples):  # set_vad()
+                converter = MicConverter(vad.sample_rate, align=vad.frame_samples)
             try:
                 events = self.vad.process(converter.convert(frame), t)
             except Exception:  # a frame we cannot convert must not end barge-in for the session
                 logger.exception("mic frame dropped")
                 continue
-            self.mic_stats.frames += 1
-            self.mic_stats.vad_s += time.monotonic() - t
+            stats = self.mic_stats
+            stats.frames += 1
+            stats.vad_s += time.monotonic() - t
+            stats.arrivals.append((frame.pts, t))
             for event, t_event in events:
-                self.mic_stats.events += 1
                 try:
-                    self.on_speech(event, t_event)
+                    if self._pass_onset and event == SPEECH_STARTED:
+                        self.on_speech(event, t_event, onset_t=self.vad.onset_t)
+                    else:
+                        self.on_speech(event, t_event)
                 except Exception:
                     logger.exception("on_speech callback failed")
+                stats.events.append((event, t_event, time.monotonic()))

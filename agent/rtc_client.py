@@ -39,6 +39,7 @@ class RtcClient:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic: OutboundAudio | None = OutboundAudio(input_rate=48000) if mic else None
         self.mic_onsets: dict[str, float] = {}  # speak() tag -> when its first frame left the mic's recv()
+        self.mic_onset_pts: dict[str, int] = {}  # speak() tag -> pts of that frame (= the server's frame.pts)
         self.received: list[Received] = []
         self.pcm: list[np.ndarray] = []  # decoded mono frames, if keep_pcm
         self.keep_pcm = keep_pcm
@@ -95,7 +96,9 @@ class RtcClient:
         await self.pc.close()
 
     def _on_mic_sent(self, tag: str, ms: float) -> None:
-        self.mic_onsets.setdefault(tag, time.monotonic())
+        if tag not in self.mic_onsets and self.mic is not None:
+            self.mic_onsets[tag] = time.monotonic()
+            self.mic_onset_pts[tag] = (self.mic.stats.frames - 1) * 960  # on_sent runs inside that recv()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self._task is None:

@@ -24,6 +24,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -86,7 +87,7 @@ class Server:
         self.started = time.time()
         self.shutting_down = False
         self._ws: WsServer | None = None
-        self._session_closers: set[asyncio.Task[None]] = set()
+        self._port = self.settings.port
         m = self.metrics
         m.gauge("voicegate_sessions", "Open sessions.", lambda: len(self.sessions))
         m.gauge("voicegate_connections", "Open session WebSockets.",
@@ -114,12 +115,13 @@ class Server:
                                max_size=s.max_frame_bytes, max_queue=s.max_incoming_queue,
                                write_limit=s.write_limit, ping_interval=s.ping_interval,
                                ping_timeout=s.ping_timeout, server_header="voicegate")
-        log.info("voicegate serving on http://%s:%d/", s.host, self.port)
+        self._port = int(self._ws.sockets[0].getsockname()[1])
+        log.info("voicegate serving on http://%s:%d/", s.host, self._port)
 
     @property
     def port(self) -> int:
-        assert self._ws is not None
-        return int(self._ws.sockets[0].getsockname()[1])
+        """The bound port (the OS's choice when settings.port is 0)."""
+        return self._port
 
     async def shutdown(self) -> None:
         """Graceful stop: see the module docstring."""
@@ -140,9 +142,11 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.wait_closed(), 10.0)
 
-    async def run(self) -> None:
+    async def run(self, on_started: Callable[[Server], None] | None = None) -> None:
         """Serve until SIGINT/SIGTERM, then shut down gracefully."""
         await self.start()
+        if on_started is not None:
+            on_started(self)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -264,7 +268,3 @@ class Server:
         self.sessions.pop(session.id, None)
         await session.close()
 
-
-async def serve_model(engine: Engine, settings: ServerSettings, model_name: str) -> None:
-    """`voicegate serve`: run until a signal."""
-    await Server(engine, settings, model_name).run()

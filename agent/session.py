@@ -125,6 +125,7 @@ class Session:
         self.accepting = True
         self.closed = False
         self._changed = asyncio.Event()
+        self._closing_peers: set[asyncio.Task[None]] = set()
         self.sink: PacedSink | RtcSink = self._paced_sink()
         self._playout = self.loop.create_task(self._playout_loop(), name=f"playout-{self.id}")
 
@@ -368,6 +369,7 @@ class Session:
             await peer.close()
             return
         self.peer = peer
+        peer.on_state = lambda state: self._on_peer_state(peer, state)
         self.audio = "webrtc"
         self.listener = conn
         self._set_sink(self._rtc_sink())
@@ -376,19 +378,39 @@ class Session:
             reply["id"] = msg.id
         conn.send_event(reply)
 
+    def _on_peer_state(self, peer: Any, state: str) -> None:
+        if peer is not self.peer:
+            return  # a replaced peer
+        self.broadcast(protocol.event("webrtc.state", state=state))
+        if state in ("failed", "closed") and not self.closed:
+            # nobody pulls the track any more: keep the timeline going without it
+            self.peer = None
+            self._set_sink(PacedSink(self.settings.audio_lead_ms, self._on_sent, None, self.metrics))
+            self._closing_peers.add(self.loop.create_task(peer.close(), name=f"peer-close-{self.id}"))
+            for task in list(self._closing_peers):
+                if task.done():
+                    self._closing_peers.discard(task)
+
     # ---- barge-in --------------------------------------------------------------------------------
     def on_speech(self, kind: str, t: float, onset_t: float | None = None) -> None:
-        """VAD decision from the RTC peer (on the event loop): barge-in happens right here, in this tick."""
+        """VAD decision from the RTC peer (on the event loop): barge-in happens right here, in this tick.
+
+        `t` is when the deciding mic frame arrived (loop clock); `onset_t`, the estimated speech start.
+        """
+        if onset_t is None and self.peer is not None:
+            onset_t = getattr(getattr(self.peer, "vad", None), "onset_t", None)
         if kind == "speech_started":
             self.user_speaking = True
-            interrupted = []
+            targets: list[Utterance] = []
             if self._playing() and self.barge_in:
                 if self._in_echo_guard():
-                    self._guarded_speech = True
+                    self._guarded_speech = True  # this whole speech run is ignored (see docs: echo guard)
                 else:
-                    interrupted = self._barge_in(t, onset_t)
-            self.broadcast(protocol.event("user.speech_started", interrupted=interrupted,
+                    targets = [u for u in self.queue if u.ended is None]
+            self.broadcast(protocol.event("user.speech_started", interrupted=[u.id for u in targets],
                                           ignored=self._guarded_speech))
+            if targets:
+                self._barge_in(targets, t, onset_t)
         elif kind == "speech_stopped":
             self.user_speaking = False
             self._guarded_speech = False
@@ -405,8 +427,8 @@ class Session:
             return False
         return (self.loop.time() - head.first_audio_t) * 1000.0 < self.echo_guard_ms
 
-    def _barge_in(self, t: float, onset_t: float | None) -> list[str]:
-        targets = [u for u in self.queue if u.ended is None]
+    def _barge_in(self, targets: list[Utterance], t: float, onset_t: float | None) -> None:
+        """Cancel the engine streams, drop queued audio, report: everything synchronous."""
         for utt in targets:
             was_open = utt is self.open_utt
             if was_open:
@@ -417,7 +439,6 @@ class Session:
         self.metrics.bargein.observe(max(0.0, now - t))
         if onset_t is not None:
             self.metrics.bargein_onset.observe(max(0.0, now - onset_t))
-        return [u.id for u in targets]
 
     # ---- utterance lifecycle -----------------------------------------------------------------------
     def _interrupt(self, utt: Utterance, reason: str, awaiting_flush: bool = False) -> None:
@@ -591,3 +612,4 @@ class Session:
         if self.peer is not None:
             peer, self.peer = self.peer, None
             await peer.close()
+        await asyncio.gather(*self._closing_peers, return_exceptions=True)

@@ -5,9 +5,9 @@ DIR/speech_tokenizer/{config.json, configuration.json, preprocessor_config.json,
 The output loads strictly in voicegate and in the official `qwen-tts` package. Sizes: `tiny` (tests:
 seconds on 2 CPU cores) and the real `0.6b` / `1.7b` shapes (speed measurements).
 
-Random weights cannot know when to stop talking, so the talker's EOS row is aimed at the tts_pad text
-vector: once the text (and its tts_eos) has been fed, P rides on every input and EOS wins within a few
-frames, as a trained model's would.
+Random weights cannot know when to stop talking, so the tts_pad text vector is wired to the EOS logit
+(`_wire_eos_to_tts_pad`): once the text and its tts_eos have been fed, P rides on the next input and
+EOS wins, as a trained model would stop at the end of its text — under the official EOS policy too.
 """
 
 from __future__ import annotations
@@ -103,10 +103,46 @@ def _randomize_(module: nn.Module, generator: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def _aim_eos_at_tts_pad(model: Qwen3TTS, cfg: Qwen3TTSConfig, strength: float) -> None:
-    talker = model.talker
-    pad = talker.embed_text(torch.tensor([cfg.tts_pad_token_id]))[0]
-    talker.codec_head.weight[cfg.talker_config.codec_eos_token_id] = strength * pad / pad.norm()
+def _wire_eos_to_tts_pad(model: Qwen3TTS, cfg: Qwen3TTSConfig, generator: torch.Generator) -> None:
+    """Make EOS win exactly when tts_pad (P) is on the text track, i.e. right after the text and tts_eos.
+
+    One direction d of the talker's residual stream is reserved for P: every codec embedding, every
+    layer output (o_proj, down_proj) and every other codec-head row is made orthogonal to d, so the
+    stream's d-component is whatever the input put there. One text-projection neuron fires for the
+    tts_pad embedding only and writes along d; the EOS row of the codec head reads d. Text tokens,
+    tts_eos and codes carry no d, so EOS stays far below the best code until P arrives.
+    """
+    talker, tcfg = model.talker, cfg.talker_config
+    hidden = tcfg.hidden_size
+    d = torch.randn(hidden, generator=generator)
+    d /= d.norm()
+
+    def orthogonal_rows(weight: torch.Tensor) -> None:  # (n, H): every row loses its d-component
+        weight -= (weight @ d)[:, None] * d[None, :]
+
+    def orthogonal_outputs(weight: torch.Tensor) -> None:  # (H, n): outputs lose their d-component
+        weight -= d[:, None] * (d @ weight)[None, :]
+
+    orthogonal_rows(talker.model.codec_embedding.weight)
+    for table in talker.code_predictor.model.codec_embedding:
+        orthogonal_rows(table.weight)
+    for layer in talker.model.layers:
+        orthogonal_outputs(layer.self_attn.o_proj.weight)
+        orthogonal_outputs(layer.mlp.down_proj.weight)
+    projection = talker.text_projection
+    orthogonal_outputs(projection.linear_fc2.weight)
+    projection.linear_fc2.bias -= (projection.linear_fc2.bias @ d) * d
+
+    # Neuron 0 of the text projection: strongly on for tts_pad, off (SiLU(-24 + 4z), z ~ N(0, 1)) otherwise.
+    pad_embedding = talker.model.text_embedding.weight[cfg.tts_pad_token_id]
+    pad_embedding *= 12.0 / pad_embedding.norm()
+    projection.linear_fc1.weight[0] = 4.0 * pad_embedding / pad_embedding.norm()
+    projection.linear_fc1.bias[0] = -24.0
+    # P's d-component about as large as the 16 summed code embeddings (norm ~4 sqrt(H)).
+    projection.linear_fc2.weight[:, 0] = d * (4.0 * math.sqrt(hidden) / 24.0)
+
+    orthogonal_rows(talker.codec_head.weight)
+    talker.codec_head.weight[tcfg.codec_eos_token_id] = 4.0 * d
 
 
 def build_random_model(cfg: Qwen3TTSConfig, seed: int) -> Qwen3TTS:
@@ -117,7 +153,7 @@ def build_random_model(cfg: Qwen3TTSConfig, seed: int) -> Qwen3TTS:
     _randomize_(model.talker, generator)
     if model.speaker_encoder is not None:
         init_speaker_encoder_(model.speaker_encoder, generator)
-    _aim_eos_at_tts_pad(model, cfg, strength=3.0 * math.sqrt(cfg.talker_config.hidden_size))
+    _wire_eos_to_tts_pad(model, cfg, generator)
     return model
 
 

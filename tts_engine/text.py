@@ -80,6 +80,6 @@ def load_fast_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if (path / "tokenizer.json").exists():
         return Tokenizer.from_file(str(path / "tokenizer.json"))
-    from transformers import AutoTokenizer
+    from transformers import Qwen2TokenizerFast
 
-    return AutoTokenizer.from_pretrained(str(path)).backend_tokenizer
+    return Qwen2TokenizerFast.from_pretrained(str(path)).backend_tokenizer

@@ -29,10 +29,11 @@ class TextTokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> TextTokenizer:
-        from transformers import AutoTokenizer
+        # The concrete class: AutoTokenizer would read config.json and warn about the unknown model type.
+        from transformers import Qwen2TokenizerFast
 
         try:
-            tok = AutoTokenizer.from_pretrained(str(path))
+            tok = Qwen2TokenizerFast.from_pretrained(str(path))
         except Exception as exc:  # transformers raises many types for a broken tokenizer
             raise ValueError(f"cannot load the text tokenizer from {path} (vocab.json, merges.txt, "
                              f"tokenizer_config.json): {exc}") from exc

@@ -6,7 +6,6 @@ Fixtures come from tests/reference/make_codec_decoder_fixtures.py (official qwen
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,6 @@ import torch
 from tts_engine.model.codec_decoder import CodecDecoder, init_random_, tiny_codec_decoder_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: a second thread buys nothing and stalls badly on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

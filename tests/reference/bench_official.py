@@ -8,6 +8,7 @@ predictor inside), the code predictor's `generate`, and the speech tokenizer's `
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -41,6 +42,7 @@ def main() -> None:
     timers = {"talker_forward": [], "predictor": [], "decode": []}
 
     def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        @functools.wraps(fn)  # HF generate validates kwargs against the forward's signature
         def run(*a, **k):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             out = fn(*a, **k)

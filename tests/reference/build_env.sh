@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the isolated reference environment with the official qwen-tts 0.1.1 (our numerical contract).
 #
-#   bash tests/reference/build_env.sh [VENV_DIR]      (default: <repo>/.ref-venv; env REF_VENV too)
+#   bash tests/reference/build_env.sh [--force] [VENV_DIR]   (default: $VOICEGATE_REF_VENV or <repo>/.ref-venv)
 #
 # It is never a runtime dependency of voicegate: only tests/reference/*.py run inside it. Idempotent:
 # a venv that already passes the health probe is left alone (delete it or pass --force to rebuild).
@@ -15,7 +15,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 FORCE=0
 if [[ "${1:-}" == "--force" ]]; then FORCE=1; shift; fi
-VENV="${1:-${REF_VENV:-$REPO/.ref-venv}}"
+VENV="${1:-${VOICEGATE_REF_VENV:-$REPO/.ref-venv}}"
 PYTHON="${PYTHON:-python3}"
 
 TORCH_PIN="torch==2.13.0"
