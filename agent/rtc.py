@@ -214,6 +214,11 @@ class OutboundStats:
     audio_frames: int = 0  # of which carried queued audio (the rest: silence)
     underruns: int = 0  # frames that had some audio but not 20 ms of it (zero-padded)
     resyncs: int = 0  # clock re-anchored after a stall longer than resync_after_ms
+    last_audio_pts: int | None = None  # the latest frame that carried queued audio: its pts ...
+    last_audio_t: float = float("nan")  # ... and when it left recv()
+    flushes: int = 0
+    last_flush_t: float = float("nan")  # when flush() was last called ...
+    last_flush_ms: float = 0.0  # ... and the ms it had queued (dropped + faded)
     lateness_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=3000))
 
     def lateness_percentile(self, q: float) -> float:
@@ -265,6 +270,8 @@ class OutboundAudio(MediaStreamTrack):
         """
         fade_ms = self.fade_ms if fade_ms is None else fade_ms
         before = self._queued
+        self.stats.flushes += 1
+        self.stats.last_flush_t, self.stats.last_flush_ms = self._clock(), before * 1000.0 / WEBRTC_RATE
         self._resampler.reset()
         self._resampler_utterance = None
         fade_n = min(self._queued, max(0, round(fade_ms * WEBRTC_RATE / 1000)))
@@ -305,6 +312,7 @@ class OutboundAudio(MediaStreamTrack):
         self.stats.frames += 1
         if parts:
             self.stats.audio_frames += 1
+            self.stats.last_audio_pts, self.stats.last_audio_t = frame.pts, self._clock()
             if self.on_sent is not None:
                 for utterance, samples in parts:
                     try:

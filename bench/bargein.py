@@ -10,12 +10,16 @@ tests/fixtures/speech/speech_48k.wav (after silence). Times are time.monotonic()
 - onset_at_server: that frame (by pts) comes out of the server's receive path (RtcPeer.mic_stats.arrivals);
 - decision: the server's on_speech(speech_started) returned, i.e. the barge-in is done (engine stream
   cancelled, track flushed, utterance.interrupted queued) (RtcPeer.mic_stats.events);
-- last_loud: the last non-silent (peak > 64) frame the client receives (its receive buffer releases each
-  packet on arrival, so this is network arrival; a browser adds its jitter buffer, ~30-50 ms).
+- last audio sent / received: the server's last frame carrying utterance audio (the fade) leaves the
+  track's recv() / reaches the client (matched by pts; the client's receive buffer releases each packet on
+  arrival, so this is network arrival: a browser adds its jitter buffer and output, ~30-50 ms + 30 ms);
+- last non-silent: the last frame with any non-zero sample the client received (idle frames are exact
+  zeros). The tiny model on a busy CPU can run slower than real time: its audio then has gaps (reported as
+  engine_underrun_frames), and the last non-silent frame may precede the decision.
 Reported p50/p95 over trials, per server receive buffer ("low_latency" = ours, "aiortc" = its prefetch 4):
   decision_ms (onset -> decision), decision_after_arrival_ms (onset_at_server -> decision; target
-  <= min_speech_ms + 40), last_loud_ms (onset -> last loud frame at the client), stop_ms (decision -> last
-  loud frame at the client).
+  <= min_speech_ms + 40), last_audio_sent_ms / last_audio_received_ms / last_nonsilent_received_ms (from
+  the onset), stop_sent_ms / stop_received_ms (from the decision).
 Jitter: client-side arrival intervals of the outbound track, |interval - 20 ms| p50/p99 over all trials
 (idle silence and speech), and the server-side recv() lateness against its absolute schedule.
 """
@@ -99,6 +103,10 @@ class Trial:
     interrupted_received: float = float("nan")
     first_loud: float = float("nan")
     last_loud: float = float("nan")
+    last_audio_sent: float = float("nan")  # the server's last frame carrying utterance audio left recv()
+    last_audio_received: float = float("nan")  # ... and reached the client (matched by pts)
+    underruns: int = 0  # server frames that ran short of engine audio (the engine slower than real time)
+    queued_at_flush_ms: float = 0.0  # audio in the track when the barge-in flushed it (0: a gap in the audio)
     silent_after: bool = False  # nothing loud reached the client 200 ms after the decision
     intervals_ms: list[float] = field(default_factory=list)
     lateness_ms: list[float] = field(default_factory=list)
@@ -142,9 +150,15 @@ async def barge_in_trial(server: Any, speech: np.ndarray, speak_after: float = 0
             out.decision = decisions[0] if decisions else float("nan")
             onset_pts = client.mic_onset_pts.get("speech")
             out.onset_at_server = next((t for pts, t in peer.mic_stats.arrivals if pts == onset_pts), float("nan"))
-            loud = [r.t for r in client.received if r.peak > 64]
+            loud = [r.t for r in client.received if r.peak > 0]
             out.last_loud = loud[-1] if loud else float("nan")
-            out.silent_after = all(r.peak <= 64 for r in client.frames_after(out.decision + 0.2))
+            out.silent_after = all(r.peak == 0 for r in client.frames_after(out.decision + 0.2))
+            stats = peer.outbound.stats
+            out.last_audio_sent = stats.last_audio_t
+            out.last_audio_received = next((r.t for r in client.received if r.pts == stats.last_audio_pts),
+                                           float("nan"))
+            out.underruns = stats.underruns
+            out.queued_at_flush_ms = stats.last_flush_ms if stats.flushes else 0.0
             out.intervals_ms = list(np.diff([r.t for r in client.received]) * 1000.0)
             out.lateness_ms = list(peer.outbound.stats.lateness_ms)
         finally:
@@ -163,6 +177,7 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
         return {"p50": _pct(values, 50), "p95": _pct(values, 95), "n": int(np.isfinite(values).sum())}
 
     ms = 1000.0
+    playing = [t for t in trials if t.queued_at_flush_ms > 0]
     intervals = np.concatenate([t.intervals_ms for t in trials]) if trials else np.zeros(0)
     lateness = np.concatenate([t.lateness_ms for t in trials]) if trials else np.zeros(0)
     deviation = np.abs(intervals - 20.0)
@@ -173,8 +188,14 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
         "decision_ms": stats([(t.decision - t.onset) * ms for t in trials]),
         "onset_transport_ms": stats([(t.onset_at_server - t.onset) * ms for t in trials]),
         "decision_after_arrival_ms": stats([(t.decision - t.onset_at_server) * ms for t in trials]),
-        "last_loud_ms": stats([(t.last_loud - t.onset) * ms for t in trials]),
-        "stop_ms": stats([(t.last_loud - t.decision) * ms for t in trials]),
+        "last_audio_sent_ms": stats([(t.last_audio_sent - t.onset) * ms for t in trials]),
+        "last_audio_received_ms": stats([(t.last_audio_received - t.onset) * ms for t in trials]),
+        "last_nonsilent_received_ms": stats([(t.last_loud - t.onset) * ms for t in trials]),
+        # from the decision; only trials where audio was queued when the barge-in flushed (not in a gap)
+        "playing_at_decision": len(playing),
+        "stop_sent_ms": stats([(t.last_audio_sent - t.decision) * ms for t in playing]),
+        "stop_received_ms": stats([(t.last_audio_received - t.decision) * ms for t in playing]),
+        "engine_underrun_frames": stats([float(t.underruns) for t in trials]),
         "interrupted_event_after_decision_ms": stats([(t.interrupted_received - t.decision) * ms for t in trials]),
         "frame_jitter_ms": {"p50": _pct(list(deviation), 50), "p99": _pct(list(deviation), 99),
                             "interval_p50": _pct(list(intervals), 50), "interval_p99": _pct(list(intervals), 99),

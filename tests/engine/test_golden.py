@@ -118,3 +118,27 @@ def test_sampling_is_seeded(golden_model: Callable[..., Any]) -> None:
     first, again, other = sample(1), sample(1), sample(2)
     assert torch.equal(first, again)
     assert first.shape != other.shape or not torch.equal(first, other)
+
+
+STREAMING_CASES = [c for c in CASES if not c["non_streaming"] and c["ended_by"] == "eos"]
+
+
+@pytest.mark.parametrize("case", STREAMING_CASES, ids=[c["name"] for c in STREAMING_CASES])
+def test_streaming_engine_fed_char_by_char_matches_official(golden_model: Callable[..., Any],
+                                                           case: dict[str, Any]) -> None:
+    """Text pushed one character at a time through the streaming engine gives the official codes."""
+    from tts_engine.engine import Engine
+
+    model = golden_model(case["checkpoint"])
+    data = np.load(GOLDEN_DIR / case["file"])
+    xvector = torch.from_numpy(data["xvector"]) if "xvector" in data.files else None
+    with Engine(model) as engine:
+        stream = engine.open_stream(case["speaker"], case["language"], case["instruct"], xvector,
+                                    greedy=True, eos_policy="official")
+        for char in case["text"]:
+            stream.push_text(char)
+        stream.finish()
+        frames, end = stream.collect()
+    codes = np.stack([f.codes for f in frames]) if frames else np.zeros((0, 16), np.int64)
+    assert end.reason == "eos"
+    assert np.array_equal(codes, data["codes"]), _first_difference(codes, data["codes"])
