@@ -121,7 +121,7 @@ def test_starved_stream_waits_and_resumes_within_a_step(engine) -> None:  # type
     assert engine.scheduler.steps - steps_before <= 2  # the very next talker step served it
     assert time.monotonic() - t0 < 5
     stream.finish()
-    frames, end = stream.collect()
+    _, end = stream.collect()
     assert end.reason == "eos"
 
 
