@@ -117,6 +117,14 @@ class Scheduler:
                 for row in list(self._rows):
                     row.stream.close(StreamEnd("error", row.frames, error=f"{type(exc).__name__}: {exc}"))
                     self._release(row)
+        # Shutting down: nobody may wait forever on a stream of a stopped engine.
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for stream in waiting:
+            stream.close(StreamEnd("cancelled", 0, error="engine closed"))
+        for row in list(self._rows):
+            row.stream.close(StreamEnd("cancelled", row.frames, error="engine closed"))
+            self._release(row)
 
     def _step(self) -> bool:
         """One iteration; True when it did work (so the loop tries again without sleeping)."""

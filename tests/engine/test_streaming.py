@@ -170,3 +170,15 @@ def test_empty_utterance_and_bad_voice(engine) -> None:  # type: ignore[no-untyp
         engine.open_stream(speaker="nobody")
     with pytest.raises(ValueError, match="unsupported language"):
         engine.open_stream(speaker="vivian", language="klingon")
+
+
+def test_closing_the_engine_ends_open_streams(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    eng = Engine(tiny_model("custom_voice"), EngineSettings(max_streams=1))
+    live = eng.open_stream(speaker="vivian")
+    live.push_text("Waiting for more text that never comes ")
+    queued = eng.open_stream(speaker="vivian")  # no free row: waits in the queue
+    time.sleep(0.5)
+    eng.close()
+    for stream in (live, queued):
+        _, end = stream.collect(timeout=5)
+        assert end.reason == "cancelled" and end.error == "engine closed"
