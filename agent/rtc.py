@@ -10,41 +10,40 @@ drifts), and silence whenever nothing is queued (80 ms frames and pauses both br
 Inbound (`RtcPeer`): the remote mic track is read by one task: frames -> mono s16 at the VAD rate ->
 `VoiceActivityDetector` -> `on_speech(event, t)` on the loop.
 
-Receive latency (the aiortc jitter buffer). aiortc hard-codes `JitterBuffer(capacity=16, prefetch=4)` for
-audio: about 80 ms before a mic frame reaches the VAD, and worse: a single lost packet leaves it ~14 packets
-(280 ms) behind for the rest of the call (one frame out per packet in, with either prefetch; see
-tests/agent/test_rtc.py). For this peer only (`RtcSettings.receive_buffer = "low_latency"`, the default) the
-audio receiver's buffer is replaced, before any RTP can arrive, by `LowLatencyAudioBuffer`: every Opus packet
-is a whole frame, so it is released as soon as it is next in sequence; a hole is given up on once
-`reorder_packets` later packets have arrived, and the backlog of ready packets is capped at `max_backlog`
-(older ones dropped). Extra latency: 0 in order, at most 20 ms after loss or reordering. It replaces a private
-attribute (`RTCRtpReceiver._RTCRtpReceiver__jitter_buffer`); if a future aiortc renames it, the peer logs a
-warning and keeps aiortc's buffer. `receive_buffer = "aiortc"` keeps aiortc's buffer.
+Receive latency. aiortc's audio jitter buffer holds ~80 ms (prefetch 4) and stays ~280 ms behind after a
+single lost packet. With `RtcSettings.receive_buffer = "low_latency"` (the default) this peer's audio receiver
+gets `LowLatencyAudioBuffer` instead (agent/aiortc_patches.py): each Opus packet is released as soon as it is
+next in sequence; a hole is given up on once `reorder_packets` later packets have arrived; ready packets beyond
+`max_backlog` are dropped. Extra latency: 0 in order, at most `max_backlog` packets (20 ms) after loss or
+reordering. Measured (bench/bargein.py): mic frame -> VAD ~5-10 ms instead of ~85-90 ms.
 
 ICE. `iceServers` comes from `RtcSettings.ice_servers` (default [] = no STUN; aiortc's own default would be
 Google's STUN server). aioice never offers 127.0.0.1; `RtcSettings.include_loopback` (default True) adds it
-and `host_addresses` replaces the interface list (tests use ["127.0.0.1"] for loopback-only). This goes
-through a context variable read by a wrapper around `aioice.ice.get_host_addresses`, so it applies only to
-peers gathering inside `use_host_addresses()` (RtcPeer.answer does that itself).
+and `host_addresses` replaces the interface list (tests use ["127.0.0.1"] for loopback-only), for this peer's
+gathering only (agent/aiortc_patches.py `use_host_addresses`).
 
-Interface additions (beyond the shared brief): `OutboundAudio(input_rate=24000, ...)` also serves as a paced
-PCM source at any rate (the test/bench mic track uses 48000); `OutboundAudio.stats`; `RtcPeer.on_state`,
-`RtcPeer.vad`, `RtcPeer.mic_stats`, `RtcPeer.receive_buffer`.
+Interface additions (nothing in the shared brief changed):
+- `on_speech(event, t)` as agreed; a callback that also takes an `onset_t` keyword gets it with
+  "speech_started" (the VAD's estimate of when the speech run began, same clock).
+- `RtcPeer.set_vad(settings)`, `RtcPeer.on_state` (connection state changes), `RtcPeer.vad` (the detector),
+  `RtcPeer.mic_stats` (frames, VAD time, recent (pts, arrival) and (event, t, t_handled)),
+  `RtcPeer.receive_buffer` (the one in use).
+- `OutboundAudio(input_rate=24000, fade_ms, resync_after_ms)`: any input rate (the test/bench mic is an
+  OutboundAudio at 48000); `OutboundAudio.stats` (frames, underruns, recv() lateness, last audio / flush).
+- agent/rtc_client.py: `RtcClient`, the aiortc listener used by tests and benches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aioice.ice
+import av
 import numpy as np
 from aiortc import (
     MediaStreamTrack,
@@ -53,10 +52,9 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import RtpPacket
 
+from .aiortc_patches import LowLatencyAudioBuffer, install_receive_buffer, use_host_addresses
 from .audio import WEBRTC_RATE, MicConverter, Resampler, audio_frame, fade_out
 from .vad import SPEECH_STARTED, VadSettings, VoiceActivityDetector
 
@@ -90,120 +88,16 @@ class RtcSettings:
                              credential=s.get("credential")) for s in self.ice_servers]
 
 
-# ---------------------------------------------------------------------------------------------- ICE hosts
-
-_HOST_ADDRESSES: contextvars.ContextVar[tuple[tuple[str, ...] | None, bool] | None] = contextvars.ContextVar(
-    "voicegate_ice_host_addresses", default=None)
-_aioice_get_host_addresses = aioice.ice.get_host_addresses
-
-
-def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    choice = _HOST_ADDRESSES.get()
-    if choice is None:
-        return _aioice_get_host_addresses(use_ipv4, use_ipv6)
-    explicit, loopback = choice
-    if explicit is not None:
-        return list(explicit)
-    addresses = _aioice_get_host_addresses(use_ipv4, use_ipv6)
-    if loopback and use_ipv4 and "127.0.0.1" not in addresses:
-        addresses.append("127.0.0.1")
-    return addresses
+def apply_receive_buffer(pc: RTCPeerConnection, settings: RtcSettings) -> str:
+    """Install the receive buffer the settings ask for; returns the one in use."""
+    if settings.receive_buffer == "low_latency" and install_receive_buffer(pc, settings.reorder_packets,
+                                                                           settings.max_backlog):
+        return "low_latency"
+    return "aiortc"
 
 
-if not getattr(aioice.ice.get_host_addresses, "_voicegate", False):
-    _get_host_addresses._voicegate = True  # type: ignore[attr-defined]
-    aioice.ice.get_host_addresses = _get_host_addresses
-
-
-@contextlib.contextmanager
-def use_host_addresses(addresses: list[str] | None = None, include_loopback: bool = True) -> Iterator[None]:
-    """ICE gathering started inside this block (setLocalDescription) offers these host addresses."""
-    token = _HOST_ADDRESSES.set((None if addresses is None else tuple(addresses), include_loopback))
-    try:
-        yield
-    finally:
-        _HOST_ADDRESSES.reset(token)
-
-
-# ------------------------------------------------------------------------------------ receive jitter buffer
-
-class LowLatencyAudioBuffer(JitterBuffer):
-    """Audio jitter buffer for a consumer that does not play out (our VAD): release packets as they come.
-
-    Each audio RTP packet (Opus, G.711) is a complete frame, so the in-order packet is returned at once.
-    A missing packet is waited for until `reorder_packets` later packets are stored, then skipped. Ready
-    packets beyond `max_backlog` behind the released one are dropped, which bounds the added latency to
-    `max_backlog` packets (aiortc's own buffer stays ~14 packets behind after one loss).
-    """
-
-    def __init__(self, capacity: int = 16, reorder_packets: int = 2, max_backlog: int = 1) -> None:
-        super().__init__(capacity=capacity, prefetch=0)
-        if not 1 <= reorder_packets < capacity or not 0 <= max_backlog < capacity:
-            raise ValueError("need 1 <= reorder_packets < capacity and 0 <= max_backlog < capacity")
-        self.reorder_packets, self.max_backlog = reorder_packets, max_backlog
-        self.released = self.lost = self.dropped = self.late = 0
-
-    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        seq = packet.sequence_number
-        if self._origin is None:
-            self._origin = seq
-        delta = (seq - self._origin) & 0xFFFF
-        if delta >= 0x8000 and 0x10000 - delta <= 100:  # behind the window: late, duplicate or skipped
-            self.late += 1
-            return False, None
-        if delta >= self._capacity:  # past the window (a burst loss or a sender restart): start over here
-            self._restart(seq)
-        slot = seq % self._capacity
-        if self._packets[slot] is not None:  # duplicate
-            return False, None
-        self._packets[slot] = packet
-        return False, self._release()
-
-    def _restart(self, seq: int) -> None:
-        stored = sum(p is not None for p in self._packets)
-        self.dropped += stored
-        self._packets = [None] * self._capacity
-        self._origin = seq
-
-    def _at(self, offset: int) -> RtpPacket | None:
-        return self._packets[(self._origin + offset) % self._capacity]
-
-    def _release(self) -> JitterFrame | None:
-        if self._at(0) is None:  # a hole: wait for it, up to reorder_packets later packets
-            if sum(p is not None for p in self._packets) < self.reorder_packets:
-                return None
-            while self._at(0) is None:
-                self._origin = (self._origin + 1) & 0xFFFF
-                self.lost += 1
-        ready = 1
-        while ready < self._capacity and self._at(ready) is not None:
-            ready += 1
-        drop = max(0, ready - 1 - self.max_backlog)
-        self.dropped += drop
-        self.remove(drop)
-        packet = self._at(0)
-        assert packet is not None
-        self.remove(1)
-        self.released += 1
-        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
-
-
-def _install_receive_buffer(pc: RTCPeerConnection, settings: RtcSettings) -> str:
-    """Swap the audio receivers' jitter buffer of this peer (before any RTP arrives); returns what is used."""
-    if settings.receive_buffer == "aiortc":
-        return "aiortc"
-    installed = False
-    for transceiver in pc.getTransceivers():
-        receiver = transceiver.receiver
-        if transceiver.kind != "audio" or not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-            continue
-        receiver._RTCRtpReceiver__jitter_buffer = LowLatencyAudioBuffer(  # type: ignore[attr-defined]
-            reorder_packets=settings.reorder_packets, max_backlog=settings.max_backlog)
-        installed = True
-    if not installed:
-        logger.warning("aiortc's audio receiver has no _RTCRtpReceiver__jitter_buffer: keeping its own buffer")
-        return "aiortc"
-    return "low_latency"
+__all__ = ["FRAME_MS", "FRAME_SAMPLES", "LowLatencyAudioBuffer", "MicStats", "OutboundAudio", "OutboundStats",
+           "RtcPeer", "RtcSettings", "apply_receive_buffer", "use_host_addresses"]
 
 
 # ------------------------------------------------------------------------------------------ outbound track
@@ -290,7 +184,7 @@ class OutboundAudio(MediaStreamTrack):
         return self._queued * 1000.0 / WEBRTC_RATE
 
     # -- aiortc side
-    async def recv(self) -> MediaStreamTrack:  # returns av.AudioFrame
+    async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         now = self._clock()
@@ -421,7 +315,7 @@ class RtcPeer:
         if not any(t.kind == "audio" for t in pc.getTransceivers()):
             raise ValueError("the offer has no audio section")
         pc.addTrack(self.outbound)
-        self.receive_buffer = _install_receive_buffer(pc, self.settings)
+        self.receive_buffer = apply_receive_buffer(pc, self.settings)
         answer = await pc.createAnswer()
         with use_host_addresses(self.settings.host_addresses, self.settings.include_loopback):
             await pc.setLocalDescription(answer)  # gathers every candidate before returning

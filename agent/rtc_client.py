@@ -21,7 +21,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from .rtc import OutboundAudio, RtcSettings, _install_receive_buffer, use_host_addresses
+from .aiortc_patches import use_host_addresses
+from .rtc import OutboundAudio, RtcSettings, apply_receive_buffer
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class RtcClient:
         offer = await self.pc.createOffer()
         with use_host_addresses(self.settings.host_addresses, False):
             await self.pc.setLocalDescription(offer)
-        _install_receive_buffer(self.pc, self.settings)
+        apply_receive_buffer(self.pc, self.settings)
         return self.pc.localDescription.sdp
 
     async def accept(self, answer_sdp: str) -> None:

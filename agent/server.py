@@ -93,7 +93,7 @@ class Server:
         m.gauge("voicegate_connections", "Open session WebSockets.",
                 lambda: sum(len(s.connections) for s in self.sessions.values()))
         m.gauge("voicegate_utterances_in_flight", "Utterances playing or queued.",
-                lambda: sum(sum(1 for u in s.queue if u.ended is None) for s in self.sessions.values()))
+                lambda: sum(len(s.utterances.live()) for s in self.sessions.values()))
         m.gauge("voicegate_engine_streams", "Streams the engine is stepping.",
                 lambda: self.engine.scheduler.live_streams)
         m.gauge("voicegate_engine_steps", "Engine steps so far (monotonic).", lambda: self.engine.scheduler.steps)
@@ -114,7 +114,8 @@ class Server:
         self._ws = await serve(self._handler, s.host, s.port, process_request=self._process_request,
                                max_size=s.max_frame_bytes, max_queue=s.max_incoming_queue,
                                write_limit=s.write_limit, ping_interval=s.ping_interval,
-                               ping_timeout=s.ping_timeout, server_header="voicegate")
+                               ping_timeout=s.ping_timeout, server_header="voicegate",
+                               compression="deflate" if s.compression else None)
         self._port = int(self._ws.sockets[0].getsockname()[1])
         log.info("voicegate serving on http://%s:%d/", s.host, self._port)
 

@@ -8,8 +8,9 @@ in, speech frames out; once the client has heard `--speak-after` s of speech its
 tests/fixtures/speech/speech_48k.wav (after silence). Times are time.monotonic() of this one process:
 - onset: the first mic frame holding the WAV leaves the client's mic track recv() (RtcClient.mic_onsets);
 - onset_at_server: that frame (by pts) comes out of the server's receive path (RtcPeer.mic_stats.arrivals);
-- decision: the server's on_speech(speech_started) returned, i.e. the barge-in is done (engine stream
-  cancelled, track flushed, utterance.interrupted queued) (RtcPeer.mic_stats.events);
+- decision: the VAD decided speech_started: the arrival of the mic frame that completed min_speech_ms
+  (RtcPeer.mic_stats.events); the session's on_speech then cancels the engine stream, flushes the track and
+  sends utterance.interrupted in that same tick (on_speech_handler_ms: how long that took);
 - last audio sent / received: the server's last frame carrying utterance audio (the fade) leaves the
   track's recv() / reaches the client (matched by pts; the client's receive buffer releases each packet on
   arrival, so this is network arrival: a browser adds its jitter buffer and output, ~30-50 ms + 30 ms);
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -100,6 +102,7 @@ class Trial:
     onset: float = float("nan")
     onset_at_server: float = float("nan")
     decision: float = float("nan")
+    handled: float = float("nan")
     interrupted_received: float = float("nan")
     first_loud: float = float("nan")
     last_loud: float = float("nan")
@@ -146,8 +149,8 @@ async def barge_in_trial(server: Any, speech: np.ndarray, speak_after: float = 0
             await asyncio.sleep(settle)
             out.events = [e["type"] for _, e in log.events]
             out.onset = client.mic_onsets.get("speech", float("nan"))
-            decisions = [t_done for event, _, t_done in peer.mic_stats.events if event == SPEECH_STARTED]
-            out.decision = decisions[0] if decisions else float("nan")
+            decisions = [(t, t_done) for event, t, t_done in peer.mic_stats.events if event == SPEECH_STARTED]
+            out.decision, out.handled = decisions[0] if decisions else (float("nan"), float("nan"))
             onset_pts = client.mic_onset_pts.get("speech")
             out.onset_at_server = next((t for pts, t in peer.mic_stats.arrivals if pts == onset_pts), float("nan"))
             loud = [r.t for r in client.received if r.peak > 0]
@@ -196,6 +199,7 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
         "stop_sent_ms": stats([(t.last_audio_sent - t.decision) * ms for t in playing]),
         "stop_received_ms": stats([(t.last_audio_received - t.decision) * ms for t in playing]),
         "engine_underrun_frames": stats([float(t.underruns) for t in trials]),
+        "on_speech_handler_ms": stats([(t.handled - t.decision) * ms for t in trials]),
         "interrupted_event_after_decision_ms": stats([(t.interrupted_received - t.decision) * ms for t in trials]),
         "frame_jitter_ms": {"p50": _pct(list(deviation), 50), "p99": _pct(list(deviation), 99),
                             "interval_p50": _pct(list(intervals), 50), "interval_p99": _pct(list(intervals), 99),
@@ -222,6 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     assert rate == 48000
     vad = VadSettings(min_speech_ms=args.min_speech_ms)
     report: dict[str, Any] = {"model": "tiny" if args.model is None else str(args.model), "trials": args.trials,
+                              "cpus": os.cpu_count(), "loadavg_1m_before": round(os.getloadavg()[0], 2),
                               "min_speech_ms": vad.min_speech_ms, "aggressiveness": vad.aggressiveness,
                               "target_decision_after_arrival_ms": vad.min_speech_ms + 40, "buffers": {}}
     with Engine(model, EngineSettings(max_streams=4)) as engine:
@@ -240,6 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["buffers"][buffer] = summarize(trials)
     if tmp is not None:
         tmp.cleanup()
+    report["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     return report
 
 

@@ -239,7 +239,7 @@ async def test_text_flood_is_bounded_per_utterance(server: ServerThread) -> None
             if evt["type"] == "error":
                 errors.append(evt)
         assert all(e["code"] == protocol.TEXT_LIMIT for e in errors)
-        accepted = server.call(lambda: [u.chars for s in server.server.sessions.values() for u in s.queue])
+        accepted = server.call(lambda: [u.chars for s in server.server.sessions.values() for u in s.utterances.queue])
         assert max(accepted) <= limit
         await client.send(type="utterance.cancel")
         evt = await client.expect("utterance.interrupted")
