@@ -115,10 +115,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or None,
                               max_sessions=args.max_sessions, max_message_bytes=args.max_message_bytes,
-                              shutdown_grace_s=args.shutdown_grace,
+                              shutdown_grace_s=args.shutdown_grace, engine_nice=args.engine_nice,
                               static_dir=Path(args.static_dir) if args.static_dir else None,
                               session=SessionSettings(max_utterance_chars=args.max_utterance_chars,
                                                       audio_lead_ms=args.audio_lead_ms,
+                                                      start_buffer_ms=args.start_buffer_ms,
                                                       echo_guard_ms=args.echo_guard_ms))
     settings.check_exposure()  # before loading a model: refuse an open port without a key at once
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is too chatty
@@ -194,12 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-message-bytes", type=int, default=64 * 1024)
     sv.add_argument("--max-utterance-chars", type=int, default=4000)
     sv.add_argument("--audio-lead-ms", type=float, default=120.0, help="headless audio sent ahead of real time")
+    sv.add_argument("--start-buffer-ms", type=float, default=0.0,
+                    help="hold each utterance's first audio until this much is ready (an engine slower than "
+                         "real time then plays without gaps, later)")
     sv.add_argument("--echo-guard-ms", type=float, default=0.0,
                     help="default: ignore user speech that starts this soon after playback starts")
     sv.add_argument("--ice-server", action="append", metavar="URL",
                     help="STUN/TURN server URL for WebRTC (repeatable; default: none, host candidates only)")
     sv.add_argument("--shutdown-grace", type=float, default=5.0,
                     help="seconds in-flight utterances get to finish on SIGINT/SIGTERM")
+    sv.add_argument("--engine-nice", type=int, default=5,
+                    help="nice value of the engine thread, so that paced audio and barge-in win the CPU (0: off)")
     sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")
     sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     sv.set_defaults(func=cmd_serve)

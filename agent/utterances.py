@@ -18,7 +18,8 @@ import collections
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from .spoken import estimate_spoken
 
 if TYPE_CHECKING:
     from tts_engine.engine import Engine
-    from tts_engine.stream import Stream
+    from tts_engine.stream import Frame, Stream
 
 log = logging.getLogger(__name__)
 
@@ -271,19 +272,20 @@ class UtteranceQueue:
         self.emit(protocol.event("utterance.started", utterance=utt.id))
         stream = utt.stream
         assert stream is not None
-        async for frame in stream:
-            if utt.ended is not None:
-                break
-            if utt.first_frame_t is None:
-                utt.first_frame_t = self.loop.time()
-            utt.consumed.append(frame.text_tokens_consumed)
-            utt.frames += 1
-            if not await self.sink().play(utt.id, frame.pcm):
+        async with contextlib.aclosing(self._start_buffered(stream)) as frames:
+            async for frame in frames:
                 if utt.ended is not None:
                     break
-                # the sink was replaced (audio mode changed) while this frame waited: it goes to the new one
+                if utt.first_frame_t is None:
+                    utt.first_frame_t = self.loop.time()
+                utt.consumed.append(frame.text_tokens_consumed)
+                utt.frames += 1
                 if not await self.sink().play(utt.id, frame.pcm):
-                    break
+                    if utt.ended is not None:
+                        break
+                    # the sink was replaced (audio mode changed) while this frame waited: it goes to the new one
+                    if not await self.sink().play(utt.id, frame.pcm):
+                        break
         if utt.ended is not None:
             return
         end = stream.end
@@ -295,6 +297,22 @@ class UtteranceQueue:
         self._prefetch()
         await self.sink().drain(utt.id)
         self._done(utt)
+
+    async def _start_buffered(self, stream: Stream) -> AsyncIterator[Frame]:
+        """The stream's frames, the first `start_buffer_ms` of them held until all are ready (or it ends)."""
+        need = math.ceil(self.settings.start_buffer_ms / FRAME_MS)
+        held: list[Frame] | None = [] if need > 0 else None
+        async for frame in stream:
+            if held is None:
+                yield frame
+                continue
+            held.append(frame)
+            if len(held) >= need:
+                for f in held:
+                    yield f
+                held = None
+        for f in held or []:
+            yield f
 
     def _prefetch(self) -> None:
         """Open the next utterance's engine stream while the current one's tail plays."""

@@ -14,7 +14,10 @@ text.flush, every binary frame until utterance.done. Per N:
 - frame jitter, server side: lateness of each paced frame against its schedule, for frames the engine had
   ready in time (voicegate_frame_jitter_seconds, raw values), p50/p99;
 - server CPU: CPU time of the event-loop thread (everything but the engine thread and torch's threads),
-  per session (% of one core) and per 80 ms frame sent (target <= 1 ms);
+  per session (% of one core) and per 80 ms frame sent (target <= 1 ms). A frame costs a few loop
+  wake-ups (engine hand-over, pacing timer); `machine.loop_wake_cpu_us` is what one costs here;
+- with `--buffered-ms` (a second pass): the server's start buffer holds each utterance until it is fully
+  generated, so frame timing no longer depends on the model keeping up: jitter of the server alone;
 - first audio excluding model time: `audio.first.latency_ms - audio.first.model_ms` (server side: text in
   -> engine frame ready is the model's; the rest is ours), and client side: first audio frame received
   - text sent - model_ms; p50/p95.
@@ -53,7 +56,9 @@ async def _one_session(url: str, utterances: int, text: str, start: asyncio.Even
         created = json.loads(await ws.recv())
         await ws.send(json.dumps({"type": "session.update", "audio": "websocket", "voice": created["voices"][0]}))
         await start.wait()
-        for _ in range(utterances):
+        for i in range(utterances):
+            if i:
+                await asyncio.sleep(0.3)  # the listener's buffer drains: each utterance starts from silence
             rec: dict[str, Any] = {"frames": [], "events": {}}
             rec["sent"] = time.monotonic()
             for word in text.split(" "):
@@ -100,12 +105,13 @@ class _RawHistogram:
 
 
 class _ServerThread:
-    def __init__(self, engine: Any, name: str) -> None:
+    def __init__(self, engine: Any, name: str, start_buffer_ms: float = 0.0, engine_nice: int = 5) -> None:
         from agent.server import Server
         from agent.settings import ServerSettings, SessionSettings
 
         self.loop = asyncio.new_event_loop()
-        settings = ServerSettings(port=0, max_sessions=1000, session=SessionSettings(max_outgoing_bytes=2**24))
+        settings = ServerSettings(port=0, max_sessions=1000, engine_nice=engine_nice, session=SessionSettings(
+            max_outgoing_bytes=2**24, start_buffer_ms=start_buffer_ms))
         self.server = Server(engine, settings, model_name=name)
         self.jitter = _RawHistogram()
         self.server.metrics.frame_jitter = self.jitter  # type: ignore[assignment]
@@ -132,16 +138,28 @@ class _ServerThread:
         self.thread.join(10)
 
 
+def wake_cost_us(n: int = 300) -> float:
+    """CPU time one event-loop sleep/wake (asyncio.sleep(1 ms)) costs on this machine (a VM can charge a lot)."""
+    async def run() -> float:
+        start = time.thread_time()
+        for _ in range(n):
+            await asyncio.sleep(0.001)
+        return (time.thread_time() - start) / n * 1e6
+
+    return round(asyncio.run(run()), 1)
+
+
 def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values), q)), 3) if values else None
 
 
-def bench_sessions(model: Any, name: str, n: int, utterances: int, text: str) -> dict[str, Any]:
+def bench_sessions(model: Any, name: str, n: int, utterances: int, text: str,
+                   start_buffer_ms: float = 0.0, engine_nice: int = 5) -> dict[str, Any]:
     from tts_engine.engine import Engine
     from tts_engine.scheduler import EngineSettings
 
     engine = Engine(model, EngineSettings(max_streams=max(1, n)))
-    srv = _ServerThread(engine, name)
+    srv = _ServerThread(engine, name, start_buffer_ms, engine_nice)
     url = f"ws://127.0.0.1:{srv.server.port}/v1/session"
     try:
         # warm-up: one utterance through the same path (prefix cache, first-call costs)
@@ -185,7 +203,8 @@ def bench_sessions(model: Any, name: str, n: int, utterances: int, text: str) ->
                     overhead_cli.append((times[0] - utt["sent"]) * 1000.0 - first["model_ms"])
     audio_s = frames * 0.08
     return {
-        "sessions": n, "utterances": sum(len(s["utterances"]) for s in sessions), "ended": ended,
+        "sessions": n, "start_buffer_ms": start_buffer_ms, "engine_nice": engine_nice,
+        "utterances": sum(len(s["utterances"]) for s in sessions), "ended": ended,
         "frames": frames, "audio_s": round(audio_s, 2), "wall_s": round(wall, 2),
         "frame_jitter_client_ms": {"p50": _pct(intervals, 50), "p99": _pct(intervals, 99),
                                    "intervals": len(intervals), "underruns": underruns},
@@ -214,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="checkpoint directory (default: a tiny random CustomVoice one)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--engine-nice", type=int, default=5, help="ServerSettings.engine_nice")
+    parser.add_argument("--buffered-ms", type=float, default=4000.0,
+                        help="also run with this start buffer (0: skip): the engine generates each utterance "
+                             "before it plays, so the jitter is the server's alone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -229,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
 
             model_dir = str(make_checkpoint(Path(tmp) / "tiny", "tiny", "custom_voice", 0))
         model = load_model(model_dir, device=args.device)
-        runs = [bench_sessions(model, "tiny" if args.model is None else args.model, int(n), args.utterances,
-                               args.text) for n in args.sessions.split(",")]
+        name = "tiny" if args.model is None else args.model
+        buffers = [0.0] + ([args.buffered_ms] if args.buffered_ms > 0 else [])
+        runs = [bench_sessions(model, name, int(n), args.utterances, args.text, buffer, args.engine_nice)
+                for buffer in buffers for n in args.sessions.split(",")]
     report = {"bench": "server", "model": args.model or "tiny (random)", "device": str(model.device),
-              "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()},
+              "machine": {"cpus": mp.cpu_count(), "python": platform.python_version(),
+                          "loop_wake_cpu_us": wake_cost_us()},
               "text_chars": len(args.text), "runs": runs}
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -60,6 +60,10 @@ class _Row:
 
 class Scheduler:
     def __init__(self, model: TTSModel, settings: EngineSettings) -> None:
+        # The KV caches live in the model's modules: one running engine per loaded model.
+        if model.engine_active:
+            raise RuntimeError("this model already drives a running Engine: close it, or load the model again")
+        model.engine_active = True
         self.model, self.settings = model, settings
         self.talker = model.talker
         self.codec = StreamingCodecDecoder(model.codec)
@@ -78,7 +82,7 @@ class Scheduler:
         self._stop = False
         self._prefix_cache: dict[tuple, torch.Tensor] = {}
         self.steps = 0
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: list[int] = []  # one entry per talker step; trimmed to the last 10k
         # Per-phase timings, filled only when `profile` is set (benchmarks): synchronising costs time.
         self.profile = False
         self.timings: collections.deque[dict[str, float]] = collections.deque(maxlen=100_000)
@@ -98,6 +102,12 @@ class Scheduler:
         self._stop = True
         self.wake()
         self._thread.join(timeout=10)
+        self.model.engine_active = False
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The engine thread (e.g. for a server to lower its scheduling priority)."""
+        return self._thread
 
     @property
     def live_streams(self) -> int:
@@ -233,6 +243,8 @@ class Scheduler:
                                  "ms": (self._clock() - started) * 1e3})
         self.steps += 1
         self.batch_sizes.append(len(ready))
+        if len(self.batch_sizes) > 20_000:  # bounded on a long-running server
+            del self.batch_sizes[:10_000]
         for r in ready:
             r.hidden = hidden[r.row]
             r.position += 1

@@ -61,6 +61,7 @@ class TTSModel:
         self.tokenizer, self.generation_defaults = tokenizer, generation
         self.rows = TextRows.build(self.talker, cfg)
         self.role_ids = tokenizer.role_ids()
+        self.engine_active = False  # set while an Engine's thread owns the KV caches
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], device: str | torch.device = "auto",
@@ -129,6 +130,8 @@ class TTSModel:
         """Synthesize a whole text at once (the official layouts; `--feed all`)."""
         if eos_policy not in EOS_POLICIES:
             raise ValueError(f"eos_policy must be one of {EOS_POLICIES}")
+        if self.engine_active:
+            raise RuntimeError("an Engine is running on this model: synthesize through it, or close it first")
         ids = self.tokenizer.target_ids(text)
         if not ids:
             raise ValueError("nothing to say: the text is empty")

@@ -65,8 +65,10 @@ async def test_webrtc_speech_then_barge_in_turns_the_audio_silent(server: Server
             assert evt["awaiting_flush"] is False  # it had been flushed
             await asyncio.sleep(0.6)
             last_loud = rtc.last_loud_t(LOUD)
-            assert last_loud is not None and last_loud - interrupted_at < 0.15
-            assert all(r.peak <= LOUD for r in rtc.frames_after(interrupted_at + 0.15))
+            # audio sent before the barge-in still arrives (a few frames); nothing after (bench/bargein.py
+            # measures the real stop latency; the bound here only tolerates a busy test machine)
+            assert last_loud is not None and last_loud - interrupted_at < 0.3
+            assert all(r.peak <= LOUD for r in rtc.frames_after(interrupted_at + 0.3))
             onset = rtc.mic_onsets["user"]
             assert onset < interrupted_at
             metrics = server.server.metrics  # type: ignore[union-attr]

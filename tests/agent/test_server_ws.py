@@ -442,3 +442,14 @@ async def test_documented_client_example_runs(server: ServerThread, doc: Path, t
     assert "'type': 'utterance.done'" in text and "'type': 'audio.first'" in text
     seconds = float(re.search(r"received ([0-9.]+) s of audio", text).group(1))  # type: ignore[union-attr]
     assert seconds > 0
+
+
+async def test_start_buffer_holds_first_audio_until_ready(start_server) -> None:  # type: ignore[no-untyped-def]
+    from agent.settings import SessionSettings
+
+    srv = start_server(session=SessionSettings(start_buffer_ms=60_000))  # longer than the utterance
+    async with session_client(srv.ws_url) as (client, _):
+        done = await client.speak("Held back until all of it is ready. ")
+        assert done["type"] == "utterance.done" and len(client.frames) == done["frames"] > 0
+        first = next(e for e in client.events if e["type"] == "audio.first")
+        assert first["model_ms"] > 0

@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from tts_engine.engine import Engine
+from tts_engine.loading import load_model
 from tts_engine.scheduler import EngineSettings
 
 TEXT = "Hello there, how are you doing today? Fine, thanks."
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model):  # type: ignore[no-untyped-def]
-    eng = Engine(tiny_model("custom_voice"), EngineSettings(max_streams=8))
+def engine(tiny_checkpoint):  # type: ignore[no-untyped-def]
+    # A model of its own: the engine's thread owns its KV caches while it runs.
+    eng = Engine(load_model(tiny_checkpoint("custom_voice"), device="cpu"), EngineSettings(max_streams=8))
     yield eng
     eng.close()
 
@@ -182,3 +184,13 @@ def test_closing_the_engine_ends_open_streams(tiny_model) -> None:  # type: igno
     for stream in (live, queued):
         _, end = stream.collect(timeout=5)
         assert end.reason == "cancelled" and end.error == "engine closed"
+
+
+def test_one_running_engine_per_model(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model("custom_voice")
+    with Engine(model, EngineSettings(max_streams=1)):
+        with pytest.raises(RuntimeError, match="already drives a running Engine"):
+            Engine(model)
+        with pytest.raises(RuntimeError, match="an Engine is running on this model"):
+            model.synthesize("Hi.", speaker="vivian")
+    assert model.synthesize("Hi.", speaker="vivian").ended_by == "eos"
