@@ -1,0 +1,95 @@
+"""Browser tests: the real server (tiny model) on 127.0.0.1 and Debian's chromium driven by Playwright.
+
+No browser download: Playwright launches `/usr/bin/chromium` (or $VOICEGATE_CHROMIUM). A missing chromium or
+Playwright FAILS the tests (CI installs both: `apt-get install -y chromium`, `pip install playwright`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.agent.conftest import ServerThread, loopback_rtc
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "artifacts"
+SPEECH_48K = REPO / "tests" / "fixtures" / "speech" / "speech_48k.wav"
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("VOICEGATE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("chromium is not installed: `apt-get update && apt-get install -y chromium` "
+                    "(Debian's package; the browser tests need it and must not be skipped)", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def web_engine(tiny_checkpoint: Callable[..., Path]) -> Iterator[Any]:
+    from tts_engine.engine import Engine
+    from tts_engine.loading import load_model
+    from tts_engine.scheduler import EngineSettings
+
+    eng = Engine(load_model(tiny_checkpoint("custom_voice"), device="cpu"), EngineSettings(max_streams=4))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def web_server(web_engine: Any) -> Iterator[ServerThread]:
+    from agent.settings import ServerSettings
+
+    srv = ServerThread(web_engine, ServerSettings(port=0), rtc_settings=loopback_rtc())
+    yield srv
+    srv.stop()
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: `pip install playwright` (never `playwright install`)", pytrace=False)
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture
+def launch(playwright_driver: Any, tmp_path: Path) -> Iterator[Callable[[Path], Any]]:
+    """launch(mic_wav) -> a Page in a fresh headless chromium whose microphone plays mic_wav once."""
+    browsers: list[Any] = []
+
+    def start(mic_wav: Path) -> Any:
+        browser = playwright_driver.chromium.launch(
+            executable_path=chromium_path(), headless=True,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}%noloop"])
+        browsers.append(browser)
+        return browser.new_page(viewport={"width": 900, "height": 1100})
+
+    yield start
+    for b in browsers:
+        b.close()

@@ -1,0 +1,414 @@
+// voicegate browser client: one session over /v1/session, audio over WebRTC (docs/protocol.md).
+// Plain ES module, no build step. State for tests and debugging lives on window.vg.
+
+const $ = (id) => document.getElementById(id);
+const now = () => performance.now();
+const SILENT_DBFS = -50;      // agent audio below this is "silent" at the page
+const LOUD_DBFS = -40;        // ... above this is "speaking"
+const CHARS_PER_S = 14;       // the server's speaking-rate estimate (protocol.md, spoken_text)
+
+const vg = window.vg = {
+  events: [], errors: [], levels: [], utterances: {}, order: [],
+  connectMs: null, session: null, connected: false, firstLoudAt: null,
+  async stats() { return inboundStats(); },
+};
+
+let ws = null, pc = null, mic = null, ctx = null, agentAn = null, micAn = null, timer = null;
+let fed = "";            // what the text box has streamed into the open utterance
+let pending = [];        // local utterance records opened by our text.append, waiting for an id
+let openLocal = null;    // the local record our appends currently feed
+let lastSpeechStarted = null, lastMicOnset = null, micLoud = false;
+
+// ---------- errors ------------------------------------------------------------------------------
+function showError(msg) {
+  vg.errors.push(msg);
+  const p = document.createElement("p");
+  p.textContent = msg;
+  $("errors").append(p);
+  while ($("errors").children.length > 5) $("errors").firstChild.remove();
+}
+window.addEventListener("error", (e) => showError(`page error: ${e.message}`));
+window.addEventListener("unhandledrejection", (e) => showError(`error: ${e.reason?.message ?? e.reason}`));
+
+function setStatus(text, cls = "") { const s = $("status"); s.textContent = text; s.className = `status ${cls}`; }
+
+function send(msg) {
+  if (!ws || ws.readyState !== WebSocket.OPEN) { showError("not connected"); return false; }
+  ws.send(JSON.stringify(msg));
+  if (msg.type === "text.append") vg.appends = (vg.appends || 0) + 1;
+  return true;
+}
+
+// ---------- connect / disconnect ----------------------------------------------------------------
+async function connect() {
+  const t0 = now();
+  $("connect").disabled = true;
+  $("errors").replaceChildren();
+  setStatus("connecting…");
+  try {
+    ctx = new AudioContext();  // the device rate: Firefox refuses mic sources at another rate
+    await ctx.resume();
+    mic = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false } });
+    micAn = analyser(ctx.createMediaStreamSource(mic));
+    const params = new URLSearchParams(location.search);
+    const q = params.get("api_key") ? `?api_key=${encodeURIComponent(params.get("api_key"))}` : "";
+    const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/session${q}`;
+    ws = new WebSocket(wsUrl);
+    ws.onmessage = (e) => { if (typeof e.data === "string") onEvent(JSON.parse(e.data)); };
+    ws.onclose = (e) => {
+      if (vg.connected || e.code !== 1000) {
+        if (e.code !== 1000 && e.code !== 1005) showError(`connection closed (${e.code}${e.reason ? ": " + e.reason : ""})`);
+      }
+      teardown();
+    };
+    const created = await new Promise((resolve, reject) => {
+      ws.addEventListener("message", function first(e) {
+        const m = JSON.parse(e.data);
+        ws.removeEventListener("message", first);
+        m.type === "session.created" ? resolve(m) : reject(new Error(m.message || m.type));
+      });
+      ws.onerror = () => reject(new Error(`cannot reach ${wsUrl}`));
+    });
+    fillPickers(created);
+    send({ type: "session.update", audio: "webrtc", ...voiceFields() });
+
+    pc = new RTCPeerConnection({ iceServers: [] });
+    pc.addTrack(mic.getAudioTracks()[0], mic);
+    pc.ontrack = (e) => {
+      const stream = e.streams[0] || new MediaStream([e.track]);
+      const el = $("remote");
+      el.srcObject = stream;  // Chrome pulls a remote track only when a media element plays it
+      el.play().catch((err) => showError(`audio playback blocked: ${err.message}`));
+      agentAn = analyser(ctx.createMediaStreamSource(stream));
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc && pc.connectionState === "failed") showError("WebRTC connection failed");
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceComplete(pc);
+    const answer = waitFor("webrtc.answer");
+    send({ type: "webrtc.offer", sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp: (await answer).sdp });
+    await connectedPeer(pc);
+    vg.connectMs = Math.round(now() - t0);
+    vg.connected = true;
+    $("connect-time").textContent = `connected in ${vg.connectMs} ms`;
+    setStatus("connected", "connected");
+    for (const id of ["disconnect", "text", "speak", "stop", "voice", "language"]) $(id).disabled = false;
+    $("instruct").disabled = !created.instruct;
+    $("text").focus();
+    timer = setInterval(tick, 20);
+  } catch (err) {
+    showError(`connect failed: ${err.message ?? err}`);
+    setStatus("error", "error");
+    teardown();
+  }
+}
+
+function teardown() {
+  vg.connected = false;
+  clearInterval(timer); timer = null;
+  if (ws) { ws.onclose = null; ws.close(1000); ws = null; }
+  if (pc) { pc.close(); pc = null; }
+  if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
+  if (ctx) { ctx.close(); ctx = null; }
+  agentAn = micAn = null;
+  fed = ""; pending = []; openLocal = null;
+  $("remote").srcObject = null;
+  for (const id of ["disconnect", "text", "speak", "stop", "voice", "language", "instruct", "copy"]) $(id).disabled = true;
+  $("connect").disabled = false;
+  if (!$("status").classList.contains("error")) setStatus("disconnected");
+  setMeter("agent", -100); setMeter("mic", -100);
+}
+
+function waitFor(type, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const to = setTimeout(() => reject(new Error(`no ${type} within ${timeoutMs} ms`)), timeoutMs);
+    const h = (e) => {
+      const m = JSON.parse(e.data);
+      if (m.type === type || m.type === "error") {
+        ws.removeEventListener("message", h); clearTimeout(to);
+        m.type === "error" ? reject(new Error(`${m.code}: ${m.message}`)) : resolve(m);
+      }
+    };
+    ws.addEventListener("message", h);
+  });
+}
+
+function iceComplete(peer) {
+  if (peer.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (peer.iceGatheringState === "complete") resolve(); };
+    peer.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, 3000);  // send what we have
+  });
+}
+
+function connectedPeer(peer) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (peer.connectionState === "connected") resolve();
+      else if (peer.connectionState === "failed") reject(new Error("WebRTC connection failed"));
+    };
+    peer.addEventListener("connectionstatechange", check);
+    check();
+    setTimeout(() => reject(new Error("WebRTC did not connect within 10 s")), 10000);
+  });
+}
+
+// ---------- pickers and the agent snippet -------------------------------------------------------
+function fillPickers(c) {
+  vg.session = c.session;
+  for (const [id, items, value] of [["voice", c.voices, c.config?.voice], ["language", c.languages, c.config?.language]]) {
+    const sel = $(id);
+    sel.replaceChildren(...items.map((v) => new Option(v, v)));
+    if (value && items.includes(value)) sel.value = value;
+  }
+  $("instruct-label").hidden = !c.instruct;
+  $("sid").textContent = c.session;
+  $("token").textContent = c.token;
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/session?session=${c.session}&token=${c.token}`;
+  $("snippet").firstChild.textContent = `# pip install websockets — joins this browser's session as a producer
+import asyncio, json, websockets
+
+URL = "${url}"
+
+async def main():
+    async with websockets.connect(URL) as ws:
+        print(json.loads(await ws.recv())["type"])  # session.created
+        for word in "Hello from your agent, speaking in the browser.".split():
+            await ws.send(json.dumps({"type": "text.append", "text": word + " "}))
+        await ws.send(json.dumps({"type": "text.flush"}))
+        async for msg in ws:
+            event = json.loads(msg)
+            print(event)
+            if event["type"] in ("utterance.done", "utterance.interrupted"):
+                break  # on barge-in: keep event["spoken_text"] as what the user heard
+
+asyncio.run(main())
+`;
+  $("copy").disabled = false;
+}
+
+function voiceFields() {
+  const f = {};
+  if ($("voice").value) f.voice = $("voice").value;
+  if ($("language").value) f.language = $("language").value;
+  if (!$("instruct").disabled && $("instruct").value.trim()) f.instruct = $("instruct").value.trim();
+  return f;
+}
+
+for (const id of ["voice", "language", "instruct"]) {
+  $(id).addEventListener("change", () => send({ type: "session.update", ...voiceFields() }));
+}
+
+$("copy").addEventListener("click", async () => {
+  const text = $("snippet").textContent;
+  try { await navigator.clipboard.writeText(text); $("copy").textContent = "Copied"; }
+  catch {
+    const r = document.createRange(); r.selectNodeContents($("snippet"));
+    getSelection().removeAllRanges(); getSelection().addRange(r);
+    $("copy").textContent = "Selected: press Ctrl+C";
+  }
+  setTimeout(() => { $("copy").textContent = "Copy snippet"; }, 2000);
+});
+
+// ---------- text streaming ----------------------------------------------------------------------
+$("text").addEventListener("input", () => {
+  const value = $("text").value;
+  if (value.startsWith(fed)) {
+    const add = value.slice(fed.length);
+    if (add && send({ type: "text.append", text: add })) {
+      if (!openLocal) {
+        openLocal = { text: "", firstTextAt: now() };
+        pending.push(openLocal);
+      }
+      openLocal.text += add;
+      fed = value;
+      $("hint").textContent = "";
+    }
+  } else {
+    $("hint").textContent = "text already streamed cannot be taken back; Stop cancels it";
+    fed = value.slice(0, commonPrefix(value, fed));
+  }
+});
+
+function commonPrefix(a, b) { let i = 0; while (i < a.length && i < b.length && a[i] === b[i]) i++; return i; }
+
+function speak() {
+  if (send({ type: "text.flush" })) { $("text").value = ""; fed = ""; openLocal = null; }
+}
+function stop() { send({ type: "utterance.cancel", all: true }); $("text").value = ""; fed = ""; openLocal = null; }
+
+$("speak").addEventListener("click", speak);
+$("stop").addEventListener("click", stop);
+$("text").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); speak(); }
+});
+document.addEventListener("keydown", (e) => { if (e.key === "Escape" && vg.connected) { e.preventDefault(); stop(); } });
+$("connect").addEventListener("click", connect);
+$("disconnect").addEventListener("click", () => { teardown(); setStatus("disconnected"); });
+
+// ---------- server events -----------------------------------------------------------------------
+function utt(id) {
+  let u = vg.utterances[id];
+  if (!u) {
+    const local = pending.shift();
+    u = vg.utterances[id] = { id, text: local?.text ?? "", local, firstTextAt: local?.firstTextAt ?? null,
+      state: "queued", el: document.createElement("li") };
+    if (local === openLocal) local.bound = u;
+    vg.order.push(id);
+    $("utterances").prepend(u.el);
+    while ($("utterances").children.length > 8) $("utterances").lastChild.remove();
+  }
+  if (u.local) u.text = u.local.text;
+  return u;
+}
+
+function onEvent(m) {
+  m.at = now();
+  vg.events.push(m);
+  switch (m.type) {
+    case "utterance.queued": render(utt(m.utterance)); break;
+    case "utterance.started": { const u = utt(m.utterance); u.state = "playing"; u.startedAt = m.at; render(u); break; }
+    case "audio.first": { const u = utt(m.utterance); u.serverFirstMs = m.latency_ms; u.firstAudioEventAt = m.at; render(u); break; }
+    case "utterance.done": {
+      const u = utt(m.utterance); u.state = "done"; u.text = m.text_fed; u.spoken = m.text_fed; u.unspoken = "";
+      u.playedMs = m.played_ms; render(u); break;
+    }
+    case "utterance.interrupted": {
+      const u = utt(m.utterance);
+      u.state = m.reason === "barge_in" ? "interrupted" : "cancelled";
+      Object.assign(u, { text: m.text_fed, spoken: m.spoken_text, unspoken: m.unspoken_text, playedMs: m.played_ms,
+        reason: m.reason, interruptedAt: m.at });
+      if (u.local === openLocal) { openLocal = null; fed = ""; $("text").value = ""; }
+      if (m.awaiting_flush) send({ type: "text.flush" });  // the rest is never spoken over the user
+      if (m.reason === "barge_in") {
+        u.bargeIn = { decisionAt: lastSpeechStarted ?? m.at, micOnsetAt: lastMicOnset, silentAt: null };
+        showBargeIn(u);
+      }
+      render(u); break;
+    }
+    case "user.speech_started":
+      lastSpeechStarted = m.at;
+      if (m.ignored) $("speaking").textContent = "speech ignored (echo guard)";
+      break;
+    case "user.speech_stopped": break;
+    case "error": showError(`${m.code}: ${m.message}`); break;
+    case "webrtc.state": if (m.state === "failed") showError("WebRTC: the server's peer failed"); break;
+  }
+}
+
+function showBargeIn(u) {
+  const b = $("bargein");
+  b.hidden = false;
+  b.classList.remove("flash"); void b.offsetWidth; b.classList.add("flash");
+  vg.bargeIns = (vg.bargeIns || 0) + 1;
+  updateBargeIn(u);
+}
+function updateBargeIn(u) {
+  const bi = u.bargeIn;
+  const stopMs = bi.silentAt != null ? `agent silent at the page ${Math.round(bi.silentAt - bi.decisionAt)} ms after the server's decision` : "waiting for silence…";
+  const fromVoice = bi.silentAt != null && bi.micOnsetAt != null ? ` (${Math.round(bi.silentAt - bi.micOnsetAt)} ms after your voice)` : "";
+  $("bargein-detail").textContent = `you interrupted after ${u.playedMs} ms; ${stopMs}${fromVoice}.`;
+}
+
+function render(u) {
+  const el = u.el;
+  if (u.local && u.spoken === undefined) u.text = u.local.text;
+  el.className = u.state;
+  el.replaceChildren();
+  const text = document.createElement("div");
+  if (u.spoken !== undefined) {
+    const s = document.createElement("span"); s.className = "spoken"; s.textContent = u.spoken;
+    const n = document.createElement("span"); n.className = "unspoken"; n.textContent = u.unspoken;
+    text.append(s, n);
+  } else {
+    const est = spokenEstimate(u);
+    const s = document.createElement("span"); s.className = "spoken"; s.textContent = u.text.slice(0, est);
+    text.append(s, document.createTextNode(u.text.slice(est)));
+  }
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const parts = [u.state];
+  if (u.serverFirstMs != null) parts.push(`first audio ${Math.round(u.serverFirstMs)} ms server`
+    + (u.pageFirstMs != null ? ` / ${Math.round(u.pageFirstMs)} ms page` : ""));
+  if (u.playedMs != null) parts.push(`played ${u.playedMs} ms`);
+  if (u.bargeIn?.silentAt != null) parts.push(`barge-in stop ${Math.round(u.bargeIn.silentAt - u.bargeIn.decisionAt)} ms`);
+  if (u.reason && u.reason !== "barge_in") parts.push(u.reason);
+  meta.textContent = parts.join(" · ");
+  el.append(text, meta);
+}
+
+// prefix of u.text heard so far, from time since the page first heard it (14 chars/s of letters/digits)
+function spokenEstimate(u) {
+  if (!u.pageAudioAt) return 0;
+  let budget = (now() - u.pageAudioAt) / 1000 * CHARS_PER_S, i = 0;
+  for (; i < u.text.length && budget > 0; i++) if (/[\p{L}\p{N}]/u.test(u.text[i])) budget -= 1;
+  const cut = u.text.lastIndexOf(" ", i);
+  return i >= u.text.length ? i : Math.max(0, cut);
+}
+
+// ---------- levels ------------------------------------------------------------------------------
+function analyser(source) {
+  const an = ctx.createAnalyser();
+  an.fftSize = 1024;
+  source.connect(an);
+  an.buf = new Float32Array(an.fftSize);
+  return an;
+}
+function dbfs(an) {
+  if (!an) return -100;
+  an.getFloatTimeDomainData(an.buf);
+  let s = 0; for (const x of an.buf) s += x * x;
+  return Math.max(-100, 10 * Math.log10(s / an.buf.length + 1e-12));
+}
+function setMeter(name, db) {
+  $(`lvl-${name}`).style.width = `${Math.max(0, Math.min(100, (db + 60) / 60 * 100))}%`;
+  $(`db-${name}`).textContent = db <= -99 ? "–" : `${db.toFixed(0)} dB`;
+}
+
+function tick() {
+  const t = now(), a = dbfs(agentAn), m = dbfs(micAn);
+  vg.levels.push([Math.round(t), +a.toFixed(1), +m.toFixed(1)]);
+  if (vg.levels.length > 3000) vg.levels.splice(0, 1000);
+  setMeter("agent", a); setMeter("mic", m);
+  if (m > LOUD_DBFS && !micLoud) { micLoud = true; lastMicOnset = t; } else if (m < SILENT_DBFS) micLoud = false;
+  const loud = a > LOUD_DBFS;
+  if (loud && vg.firstLoudAt == null) vg.firstLoudAt = t;
+  $("speaking").textContent = loud ? "agent speaking" : "idle";
+  $("speaking").className = `speaking ${loud ? "on" : "muted"}`;
+  for (const id of vg.order.slice(-4)) {
+    const u = vg.utterances[id];
+    if (u.state === "playing" && loud && !u.pageAudioAt) {
+      u.pageAudioAt = t;
+      if (u.firstTextAt != null) u.pageFirstMs = t - u.firstTextAt;
+    }
+    if (u.state === "playing") render(u);
+    const bi = u.bargeIn;
+    if (bi && bi.silentAt == null) {
+      // silent from the last loud 20 ms tick after the decision, once 200 ms of silence followed it
+      if (loud) bi.lastLoud = t;
+      else if (t - bi.decisionAt > 200 && t - (bi.lastLoud ?? bi.decisionAt) > 200) {
+        bi.silentAt = Math.max(bi.decisionAt, bi.lastLoud ?? bi.decisionAt);
+        updateBargeIn(u); render(u);
+      }
+    }
+  }
+}
+
+async function inboundStats() {
+  if (!pc) return null;
+  const out = {};
+  (await pc.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "audio") {
+      for (const k of ["packetsReceived", "packetsDiscarded", "packetsLost", "totalSamplesReceived", "concealedSamples",
+        "silentConcealedSamples", "jitterBufferDelay", "jitterBufferEmittedCount"]) out[k] = r[k];
+    }
+  });
+  return out;
+}
+
+// ?autoconnect=1 connects on load (tests, kiosks)
+if (new URLSearchParams(location.search).get("autoconnect") === "1") connect();
