@@ -21,6 +21,7 @@ from .scheduler import EngineSettings, Scheduler
 from .stream import Stream
 from .text import IncrementalTokenizer, load_fast_tokenizer
 from .tts import EOS_POLICIES, TTSModel
+from .voice_prompt import VoicePrompt
 
 
 class Engine:
@@ -32,12 +33,13 @@ class Engine:
         self.scheduler = Scheduler(model, self.settings)
 
     def open_stream(self, speaker: str | None = None, language: str = "auto", instruct: str | None = None,
-                    xvector: torch.Tensor | None = None, *, greedy: bool = False, seed: int = 0,
+                    xvector: torch.Tensor | None = None, *, voice_prompt: VoicePrompt | None = None,
+                    greedy: bool = False, seed: int = 0,
                     eos_policy: str = "default", **sampling: Any) -> Stream:
         """A new utterance. Voice fields are validated here, so a bad voice fails before any text."""
         if eos_policy not in EOS_POLICIES:
             raise ValueError(f"eos_policy must be one of {EOS_POLICIES}")
-        voice = self.model.voice(speaker, language, instruct, xvector)
+        voice = self.model.voice(speaker, language, instruct, xvector, voice_prompt)
         validate_voice(self.model.config, voice)  # fail now, in the caller's thread, without torch
         stream = Stream(next(self._ids), voice, self.model.sampling(greedy, seed, **sampling), eos_policy,
                         IncrementalTokenizer(self._fast_tokenizer), self.scheduler.wake,

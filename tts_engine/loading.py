@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import Qwen3TTSConfig, SpeechTokenizerConfig
 from .model.codec_decoder import CodecDecoder
+from .model.codec_encoder import CodecEncoder
 from .model.qwen3_tts import Qwen3TTS
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,16 @@ def load_codec_decoder(path: Path, cfg: SpeechTokenizerConfig, dtype: torch.dtyp
     decoder = CodecDecoder(cfg.decoder_config)
     load_strict(decoder, split_prefix(_read_safetensors(file), "decoder."), file)
     return decoder.to(device=device, dtype=dtype).eval()
+
+
+def load_codec_encoder(path: Path, cfg: SpeechTokenizerConfig, device: torch.device) -> CodecEncoder:
+    """The Mimi-based encoder of speech_tokenizer/ (voice cloning only), kept in the checkpoint's fp32."""
+    file = path / "speech_tokenizer" / "model.safetensors"
+    with torch.device("meta"):
+        encoder = CodecEncoder.from_config(cfg.encoder_config)
+    state = {k: v.to(device) for k, v in split_prefix(_read_safetensors(file), "encoder.").items()}
+    load_strict(encoder, state, file, assign=True)
+    return encoder.eval()
 
 
 def read_generation_config(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from .config import Qwen3TTSConfig, SpeechTokenizerConfig
 from .generate import generate_frames
 from .loading import (
     load_codec_decoder,
+    load_codec_encoder,
     load_model_config,
     load_qwen3_tts,
     load_speech_tokenizer_config,
@@ -22,10 +23,12 @@ from .loading import (
     resolve_checkpoint,
 )
 from .model.codec_decoder import CodecDecoder
+from .model.codec_encoder import CodecEncoder
 from .model.qwen3_tts import Qwen3TTS
 from .prompt import TextRows, Voice, build_prefix, first_target_row, non_streaming_body, supported_languages
 from .sampling import SamplingParams
 from .tokenizer import TextTokenizer
+from .voice_prompt import VoicePrompt
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ class TTSModel:
         self.rows = TextRows.build(self.talker, cfg)
         self.role_ids = tokenizer.role_ids()
         self.engine_active = False  # set while an Engine's thread owns the KV caches
+        self._codec_encoder: CodecEncoder | None = None  # loaded on first ICL clone
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], device: str | torch.device = "auto",
@@ -94,9 +98,19 @@ class TTSModel:
                                                      **overrides)
 
     def voice(self, speaker: str | None = None, language: str = "auto", instruct: str | None = None,
-              xvector: torch.Tensor | None = None) -> Voice:
+              xvector: torch.Tensor | None = None, voice_prompt: VoicePrompt | None = None) -> Voice:
         """Validate a voice against this checkpoint, applying the official instruct rules."""
         kind = self.config.tts_model_type
+        if voice_prompt is not None:
+            if xvector is not None:
+                raise ValueError("pass an x-vector or a voice prompt, not both")
+            hidden = self.config.talker_config.hidden_size
+            if voice_prompt.hidden_size != hidden:
+                raise ValueError(f"this voice was cloned for a model of hidden size {voice_prompt.hidden_size}; "
+                                 f"this checkpoint has {hidden}: add the voice again with this model")
+            if voice_prompt.icl:
+                raise NotImplementedError("ICL voice prompts are not supported yet")
+            xvector = voice_prompt.xvector
         if kind == "custom_voice" and not speaker:
             raise ValueError(f"a CustomVoice checkpoint needs a speaker; choose one of {self.speakers}")
         if kind == "base" and xvector is None:
@@ -109,6 +123,27 @@ class TTSModel:
             log.warning("the 0.6B CustomVoice model ignores style instructions (as the official package does)")
             instruct = None
         return Voice(speaker=speaker, language=language, instruct=instruct or None, xvector=xvector)
+
+    @property
+    def codec_encoder(self) -> CodecEncoder:
+        if self._codec_encoder is None:
+            self._codec_encoder = load_codec_encoder(self.path, self.speech_config, self.device)
+        return self._codec_encoder
+
+    @torch.no_grad()
+    def make_voice_prompt(self, audio_24k: np.ndarray, ref_text: str | None = None) -> VoicePrompt:
+        """Clone a voice from reference audio (n,) float32 in [-1, 1], mono, 24 kHz (resampling and checks
+        of length and level are the caller's). With `ref_text`, the ICL prompt: reference codes as well."""
+        speaker_encoder = self.model.speaker_encoder
+        if speaker_encoder is None:
+            raise ValueError(f"voice cloning needs a Base checkpoint; this one is {self.config.tts_model_type}")
+        audio = torch.from_numpy(np.ascontiguousarray(audio_24k, dtype=np.float32))
+        if audio.dim() != 1 or audio.numel() == 0:
+            raise ValueError(f"expected non-empty mono audio (n,), got shape {tuple(audio.shape)}")
+        xvector = speaker_encoder.extract_xvector(audio).float().cpu()
+        if ref_text is None:
+            return VoicePrompt(xvector)
+        return VoicePrompt(xvector, self.codec_encoder.encode(audio).cpu(), ref_text)
 
     def prefix(self, voice: Voice) -> torch.Tensor:
         instruct_ids = self.tokenizer.instruct_ids(voice.instruct) if voice.instruct else None
@@ -125,7 +160,7 @@ class TTSModel:
     @torch.no_grad()
     def synthesize(self, text: str, *, speaker: str | None = None, language: str = "auto",
                    instruct: str | None = None, xvector: torch.Tensor | None = None,
-                   non_streaming: bool = False, greedy: bool = False, seed: int = 0,
+                   voice_prompt: VoicePrompt | None = None, non_streaming: bool = False, greedy: bool = False, seed: int = 0,
                    max_frames: int | None = None, eos_policy: str = "default") -> Synthesis:
         """Synthesize a whole text at once (the official layouts; `--feed all`)."""
         if eos_policy not in EOS_POLICIES:
@@ -135,7 +170,7 @@ class TTSModel:
         ids = self.tokenizer.target_ids(text)
         if not ids:
             raise ValueError("nothing to say: the text is empty")
-        voice = self.voice(speaker, language, instruct, xvector)
+        voice = self.voice(speaker, language, instruct, xvector, voice_prompt)
         prefix = self.prefix(voice)
         rows = self.rows
         if non_streaming:
