@@ -88,7 +88,8 @@ async function connect() {
     await pc.setLocalDescription(await pc.createOffer());
     await iceComplete(pc);
     const answer = waitFor("webrtc.answer");
-    send({ type: "webrtc.offer", sdp: pc.localDescription.sdp });
+    vg.offerSdp = pc.localDescription.sdp;
+    send({ type: "webrtc.offer", sdp: vg.offerSdp });
     await pc.setRemoteDescription({ type: "answer", sdp: (await answer).sdp });
     await connectedPeer(pc);
     vg.connectMs = Math.round(now() - t0);

@@ -34,8 +34,10 @@ API_KEY = "test-key"
 class ServerThread:
     """A Server on a background thread (own loop); `url`, `ws_url`, `stop()`."""
 
-    def __init__(self, engine: Any, settings: ServerSettings, name: str = "tiny", rtc_settings: Any = None) -> None:
+    def __init__(self, engine: Any, settings: ServerSettings, name: str = "tiny", rtc_settings: Any = None,
+                 on_thread_start: Callable[[], None] | None = None) -> None:
         self.engine = engine
+        self._on_thread_start = on_thread_start  # e.g. join a network namespace before any socket exists
         self.rtc_settings = rtc_settings
         self.settings = settings
         self.name = name
@@ -53,6 +55,8 @@ class ServerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
+            if self._on_thread_start is not None:
+                self._on_thread_start()
             self.server = Server(self.engine, self.settings, model_name=self.name, rtc_settings=self.rtc_settings)
             self.loop.run_until_complete(self.server.start())
         except BaseException as exc:  # surfaced to the fixture

@@ -18,6 +18,8 @@ import pytest
 
 from tests.agent.conftest import ServerThread, loopback_rtc
 
+from .netns import LoopbackNamespace
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
 SPEECH_48K = REPO / "tests" / "fixtures" / "speech" / "speech_48k.wav"
@@ -50,10 +52,18 @@ def web_engine(tiny_checkpoint: Callable[..., Path]) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def web_server(web_engine: Any) -> Iterator[ServerThread]:
+def netns() -> Iterator[LoopbackNamespace]:
+    """The loopback-only network namespace that the server, the browser and other peers share."""
+    with LoopbackNamespace(f"vg-web-{os.getpid()}") as ns:
+        yield ns
+
+
+@pytest.fixture(scope="session")
+def web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThread]:
     from agent.settings import ServerSettings
 
-    srv = ServerThread(web_engine, ServerSettings(port=0), rtc_settings=loopback_rtc())
+    srv = ServerThread(web_engine, ServerSettings(port=0), rtc_settings=loopback_rtc(),
+                       on_thread_start=netns.enter_this_thread)
     yield srv
     srv.stop()
 
@@ -79,13 +89,14 @@ def playwright_driver() -> Iterator[Any]:
 
 
 @pytest.fixture
-def launch(playwright_driver: Any, tmp_path: Path) -> Iterator[Callable[[Path], Any]]:
+def launch(playwright_driver: Any, netns: LoopbackNamespace, tmp_path: Path) -> Iterator[Callable[[Path], Any]]:
     """launch(mic_wav) -> a Page in a fresh headless chromium whose microphone plays mic_wav once."""
     browsers: list[Any] = []
+    executable = netns.wrap_executable(chromium_path(), tmp_path)
 
     def start(mic_wav: Path) -> Any:
         browser = playwright_driver.chromium.launch(
-            executable_path=chromium_path(), headless=True,
+            executable_path=executable, headless=True,
             args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}%noloop"])
         browsers.append(browser)
         return browser.new_page(viewport={"width": 900, "height": 1100})

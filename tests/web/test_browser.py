@@ -7,11 +7,14 @@ track every 20 ms, getStats() inbound-rtp counters, and the server events as the
 from __future__ import annotations
 
 import re
+import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from agent.audio import read_wav
 
@@ -31,6 +34,16 @@ def wait_event(page: Any, type_: str, timeout: float = 20.0) -> dict[str, Any]:
     return events(page, type_)[0]
 
 
+def test_server_and_browser_share_a_loopback_only_namespace(web_server: Any, netns: Any) -> None:
+    if not netns.active:
+        pytest.fail("browser tests need root and iproute2 for their network namespace (CI has both)", pytrace=False)
+    links = subprocess.run(["ip", "-n", netns.name, "-o", "link"], capture_output=True, text=True, check=True)
+    assert [line.split(":")[1].strip() for line in links.stdout.splitlines()] == ["lo"]
+    assert netns.call(lambda: urllib.request.urlopen(web_server.url + "/healthz", timeout=5).status) == 200
+    with pytest.raises(urllib.error.URLError):  # not listening in the host's namespace
+        urllib.request.urlopen(web_server.url + "/healthz", timeout=5)
+
+
 def connect(page: Any, url: str) -> list[str]:
     """Open the page, collect console errors, click Connect; return the (live) list of console errors."""
     errors: list[str] = []
@@ -43,9 +56,13 @@ def connect(page: Any, url: str) -> list[str]:
     return errors
 
 
-def test_page_connects_and_plays_typed_text(web_server: Any, launch: Any, tmp_path: Path) -> None:
+def test_page_connects_and_plays_typed_text(web_server: Any, launch: Any, netns: Any, tmp_path: Path) -> None:
     page = launch(write_wav(tmp_path / "silence.wav", np.zeros(48000 * 2)))
     errors = connect(page, web_server.url)
+    candidates = re.findall(r"a=candidate:\S+ \d+ \w+ \d+ (\S+) ", page.evaluate("vg.offerSdp"))
+    assert candidates, page.evaluate("vg.offerSdp")
+    if netns.active:  # the browser sees only lo: every ICE candidate is a loopback address
+        assert set(candidates) <= {"127.0.0.1", "::1"}, candidates
     created = events(page, "session.created")[0]
     assert page.locator("#voice option").count() == len(created["voices"]) > 0
     assert page.locator("#language option").count() == len(created["languages"]) > 0
@@ -85,7 +102,7 @@ def test_page_connects_and_plays_typed_text(web_server: Any, launch: Any, tmp_pa
     assert errors == [], errors
 
 
-def test_mic_speech_barges_in(web_server: Any, launch: Any, tmp_path: Path) -> None:
+def test_mic_speech_barges_in(web_server: Any, launch: Any, netns: Any, tmp_path: Path) -> None:
     speech, rate = read_wav(SPEECH_48K)
     assert rate == 48000
     lead_s = 3.0  # the fake mic starts at getUserMedia (connect): silence, then the speech WAV once
@@ -122,8 +139,8 @@ def test_mic_speech_barges_in(web_server: Any, launch: Any, tmp_path: Path) -> N
     assert tail.size >= 15 and (tail < SILENT_DB).all(), tail  # and it stays silent
     shown = page.evaluate("vg.utterances[vg.order[0]].bargeIn")
     assert "agent silent at the page" in page.locator("#bargein").inner_text()
-    with urllib.request.urlopen(web_server.url + "/metrics", timeout=5) as resp:
-        assert re.search(r'voicegate_utterances_total\{ended_by="barge_in"\} [1-9]', resp.read().decode())
+    metrics = netns.call(lambda: urllib.request.urlopen(web_server.url + "/metrics", timeout=5).read().decode())
+    assert re.search(r'voicegate_utterances_total\{ended_by="barge_in"\} [1-9]', metrics)
     stats = page.evaluate("vg.stats()")
     jitter_ms = 1000 * stats["jitterBufferDelay"] / max(1, stats["jitterBufferEmittedCount"])
     mic_onset = shown.get("micOnsetAt")
