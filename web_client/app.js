@@ -1,6 +1,8 @@
 // voicegate browser client: one session over /v1/session, audio over WebRTC (docs/protocol.md).
 // Plain ES module, no build step. State for tests and debugging lives on window.vg.
 
+import { streamChat } from "./llm.js";
+
 const $ = (id) => document.getElementById(id);
 const now = () => performance.now();
 const SILENT_DBFS = -50;      // agent audio below this is "silent" at the page
@@ -47,7 +49,9 @@ async function connect() {
   setStatus("connecting…");
   try {
     ctx = new AudioContext();  // the device rate: Firefox refuses mic sources at another rate
-    await ctx.resume();
+    // With no audio output (e.g. no sound server), resume() never settles: fail instead of hanging.
+    await Promise.race([ctx.resume(), new Promise((_, reject) => setTimeout(
+      () => reject(new Error("audio output did not start within 5 s: is an audio device available?")), 5000))]);
     mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false } });
     micAn = analyser(ctx.createMediaStreamSource(mic));
@@ -109,6 +113,7 @@ async function connect() {
 
 function teardown() {
   vg.connected = false;
+  abortLlm();
   clearInterval(timer); timer = null;
   if (ws) { ws.onclose = null; ws.close(1000); ws = null; }
   if (pc) { pc.close(); pc = null; }
@@ -216,16 +221,23 @@ $("copy").addEventListener("click", async () => {
 });
 
 // ---------- text streaming ----------------------------------------------------------------------
+// One text.append into the open utterance; its local record waits for the server's utterance id.
+function appendText(add, turn = null) {
+  if (!send({ type: "text.append", text: add })) return false;
+  if (!openLocal) {
+    openLocal = { text: "", firstTextAt: now(), turn };
+    pending.push(openLocal);
+  }
+  openLocal.text += add;
+  return true;
+}
+
 $("text").addEventListener("input", () => {
+  if (llmOn()) return;  // with the LLM bridge the text box holds the question, not speech
   const value = $("text").value;
   if (value.startsWith(fed)) {
     const add = value.slice(fed.length);
-    if (add && send({ type: "text.append", text: add })) {
-      if (!openLocal) {
-        openLocal = { text: "", firstTextAt: now() };
-        pending.push(openLocal);
-      }
-      openLocal.text += add;
+    if (add && appendText(add)) {
       fed = value;
       $("hint").textContent = "";
     }
@@ -238,9 +250,111 @@ $("text").addEventListener("input", () => {
 function commonPrefix(a, b) { let i = 0; while (i < a.length && i < b.length && a[i] === b[i]) i++; return i; }
 
 function speak() {
+  if (llmOn()) { askLlm($("text").value); return; }
   if (send({ type: "text.flush" })) { $("text").value = ""; fed = ""; openLocal = null; }
 }
-function stop() { send({ type: "utterance.cancel", all: true }); $("text").value = ""; fed = ""; openLocal = null; }
+function stop() {
+  abortLlm();
+  send({ type: "utterance.cancel", all: true }); $("text").value = ""; fed = ""; openLocal = null;
+}
+
+// ---------- the LLM bridge (off by default) -----------------------------------------------------
+// Each turn: the question goes to an OpenAI-compatible endpoint, every streamed delta becomes one
+// text.append, the end a text.flush. The conversation keeps what the listener HEARD of each reply
+// (spoken_text after a barge-in or cancel), so the model's context matches the conversation.
+const llm = vg.llm = { turns: [], controller: null, requests: 0 };
+const LLM_FIELDS = ["llm-url", "llm-model", "llm-system"];
+const llmOn = () => $("llm-on").checked;
+
+for (const id of LLM_FIELDS) {
+  const saved = localStorage.getItem(`voicegate.${id}`);
+  if (saved !== null) $(id).value = saved;
+  $(id).addEventListener("change", () => localStorage.setItem(`voicegate.${id}`, $(id).value));
+}
+$("llm-on").addEventListener("change", () => {
+  $("llm-state").textContent = llmOn() ? "on: Enter asks the LLM" : "off";
+  $("text").placeholder = llmOn() ? "Ask the LLM; Enter sends, Esc stops the answer."
+    : "Type: each character streams to the agent as you type. Enter = speak, Esc = stop.";
+});
+$("llm-reset").addEventListener("click", () => { abortLlm(); llm.turns = []; renderLlm(); });
+
+function llmMessages(question) {
+  const messages = [];
+  const system = $("llm-system").value.trim();
+  if (system) messages.push({ role: "system", content: system });
+  for (const t of llm.turns) {
+    messages.push({ role: "user", content: t.user });
+    messages.push({ role: "assistant", content: t.heard ?? t.reply });
+  }
+  messages.push({ role: "user", content: question });
+  return messages;
+}
+
+async function askLlm(text) {
+  const question = text.trim();
+  if (!question || !vg.connected) return;
+  abortLlm();
+  const turn = { user: question, reply: "", heard: null, state: "asking" };
+  const messages = llmMessages(question);
+  llm.turns.push(turn);
+  $("text").value = ""; fed = ""; openLocal = null;
+  const controller = llm.controller = new AbortController();
+  llm.requests += 1;
+  $("llm-state").textContent = "waiting for the LLM…";
+  renderLlm();
+  try {
+    for await (const delta of streamChat({ endpoint: $("llm-url").value, model: $("llm-model").value.trim(),
+      apiKey: $("llm-key").value.trim(), messages, signal: controller.signal })) {
+      if (controller.signal.aborted) break;
+      if (!appendText(delta, turn)) throw new Error("the voice session is closed");
+      turn.reply += delta; turn.state = "answering";
+      $("llm-state").textContent = "answering…";
+      renderLlm();
+    }
+    if (!controller.signal.aborted) turn.state = "answered";
+    else if (turn.state === "answering" || turn.state === "asking") turn.state = "stopped";
+  } catch (err) {
+    if (err.name === "AbortError") {
+      if (turn.state === "answering" || turn.state === "asking") turn.state = "stopped";
+    } else {
+      turn.state = "failed";
+      showError(`LLM: ${err.message ?? err}`);
+    }
+  } finally {
+    // speak what arrived (a failed reply says its beginning; an aborted one was cancelled already)
+    if (!controller.signal.aborted && turn.reply && send({ type: "text.flush" })) openLocal = null;
+    if (llm.controller === controller) llm.controller = null;
+    $("llm-state").textContent = llmOn() ? "on: Enter asks the LLM" : "off";
+    renderLlm();
+  }
+}
+
+function abortLlm() {
+  if (llm.controller) { llm.controller.abort(); llm.controller = null; }
+}
+
+// The server's account of an utterance that carried a reply: keep what was heard.
+function heardReply(u, heard, interruptedBy = null) {
+  const turn = u.local?.turn;
+  if (!turn) return;
+  turn.heard = (turn.heard ?? "") + heard;
+  if (interruptedBy) turn.state = interruptedBy === "barge_in" ? "interrupted by you" : "stopped";
+  renderLlm();
+}
+
+function renderLlm() {
+  $("llm-log").replaceChildren(...llm.turns.slice(-6).flatMap((t) => {
+    const q = document.createElement("li"); q.className = "user"; q.textContent = t.user;
+    const a = document.createElement("li"); a.className = "assistant";
+    const heard = t.heard ?? t.reply;
+    const s = document.createElement("span"); s.className = "spoken"; s.textContent = heard;
+    const n = document.createElement("span"); n.className = "unspoken";
+    n.textContent = t.reply.startsWith(heard) ? t.reply.slice(heard.length) : "";
+    const meta = document.createElement("div"); meta.className = "meta"; meta.textContent = t.state;
+    a.append(s, n, meta);
+    return [q, a];
+  }));
+}
 
 $("speak").addEventListener("click", speak);
 $("stop").addEventListener("click", stop);
@@ -276,14 +390,15 @@ function onEvent(m) {
     case "audio.first": { const u = utt(m.utterance); u.serverFirstMs = m.latency_ms; u.firstAudioEventAt = m.at; render(u); break; }
     case "utterance.done": {
       const u = utt(m.utterance); u.state = "done"; u.text = m.text_fed; u.spoken = m.text_fed; u.unspoken = "";
-      u.playedMs = m.played_ms; render(u); break;
+      u.playedMs = m.played_ms; render(u); heardReply(u, m.text_fed); break;
     }
     case "utterance.interrupted": {
       const u = utt(m.utterance);
       u.state = m.reason === "barge_in" ? "interrupted" : "cancelled";
       Object.assign(u, { text: m.text_fed, spoken: m.spoken_text, unspoken: m.unspoken_text, playedMs: m.played_ms,
         reason: m.reason, interruptedAt: m.at });
-      if (u.local === openLocal) { openLocal = null; fed = ""; $("text").value = ""; }
+      if (u.local?.turn) { if (u.local.turn === llm.turns.at(-1)) abortLlm(); heardReply(u, m.spoken_text, m.reason); }
+      if (u.local === openLocal) { openLocal = null; fed = ""; if (!llmOn()) $("text").value = ""; }
       if (m.awaiting_flush) send({ type: "text.flush" });  // the rest is never spoken over the user
       if (m.reason === "barge_in") {
         u.bargeIn = { decisionAt: lastSpeechStarted ?? m.at, micOnsetAt: lastMicOnset, silentAt: null };

@@ -24,8 +24,13 @@ T = TypeVar("T")
 
 
 class LoopbackNamespace:
-    def __init__(self, name: str) -> None:
+    """`dead_end_route`: Firefox gathers no ICE candidate at all without a default route, so give it one
+    that leads nowhere: a veth pair with both ends inside the namespace (TEST-NET-1 addresses, RFC 5737),
+    forwarding off. Packets still cannot leave the namespace."""
+
+    def __init__(self, name: str, dead_end_route: bool = False) -> None:
         self.name = name
+        self.dead_end_route = dead_end_route
         self.active = False
 
     def __enter__(self) -> LoopbackNamespace:
@@ -37,6 +42,11 @@ class LoopbackNamespace:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
         self.active = True
+        if self.dead_end_route:
+            for command in ("link add vg0 type veth peer name vg1", "addr add 192.0.2.1/30 dev vg0",
+                            "addr add 192.0.2.2/30 dev vg1", "link set vg0 up", "link set vg1 up",
+                            "route add default via 192.0.2.2 dev vg0"):
+                subprocess.run(["ip", "-n", self.name, *command.split()], check=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
