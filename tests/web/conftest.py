@@ -58,6 +58,27 @@ def web_server(web_engine: Any) -> Iterator[ServerThread]:
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def web_base_server(tiny_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[ServerThread]:
+    """A tiny Base checkpoint with one saved (cloned) voice, "alice", made from espeak-ng speech."""
+    from agent.settings import ServerSettings
+    from agent.voices import VoiceRegistry
+    from tests.agent.voice_helpers import espeak_wav
+    from tts_engine.engine import Engine
+    from tts_engine.loading import load_model
+    from tts_engine.scheduler import EngineSettings
+
+    model = load_model(tiny_checkpoint("base"), device="cpu")
+    voices = tmp_path_factory.mktemp("web-voices")
+    VoiceRegistry(voices).add_cloned("alice", model, espeak_wav(voices.parent / "alice-ref.wav"), language="english")
+    eng = Engine(model, EngineSettings(max_streams=4))
+    srv = ServerThread(eng, ServerSettings(port=0, voices_dir=voices), name="tiny-base", rtc_settings=loopback_rtc())
+    yield srv
+    srv.stop()
+    eng.close()
+
+
 def write_wav(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
