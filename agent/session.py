@@ -14,95 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from . import protocol
-from .catalogue import VoiceEntry, catalogue, find, honours_instruct
+from .catalogue import ModelInfo
 from .connection import Connection
 from .metrics import Metrics
 from .playout import PacedSink, RtcSink
 from .protocol import ProtocolError
 from .settings import FRAME_MS, SAMPLE_RATE, SessionSettings
 from .utterances import Utterance, UtteranceQueue, VoiceConfig
-from .voices import VoiceRegistry
 
 if TYPE_CHECKING:
     from tts_engine.engine import Engine
-    from tts_engine.tts import TTSModel
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class ModelInfo:
-    """What the loaded checkpoint offers: the single voice catalogue of the server (session.created, the
-    `voices` reply, Wyoming's info). `voices` are names (presets, then saved voices that fit the model);
-    `entries` carry their kind, mode, languages and what `Engine.open_stream` needs (`stream_args`)."""
-
-    name: str
-    kind: str  # custom_voice | base | voice_design
-    voices: list[str]
-    languages: list[str]
-    instruct: bool  # whether style instructions are honoured
-    entries: list[VoiceEntry] = field(default_factory=list)
-    size: str = ""  # "0b6" | "1b7"
-    voices_dir: Path | None = None  # saved voices; None: presets only
-    model: Any = field(default=None, repr=False)  # the TTSModel (for reload)
-
-    def __post_init__(self) -> None:
-        if not self.entries and self.kind == "custom_voice":
-            self.entries = [VoiceEntry(name=v, kind="preset", instruct=self.instruct) for v in self.voices]
-
-    @classmethod
-    def from_engine(cls, engine: Engine, name: str, voices_dir: str | os.PathLike[str] | None = None) -> ModelInfo:
-        return cls.from_model(engine.model, name, voices_dir)
-
-    @classmethod
-    def from_model(cls, model: TTSModel, name: str, voices_dir: str | os.PathLike[str] | None = None) -> ModelInfo:
-        """Blocking when `voices_dir` is given (reads the saved voices): call it off the event loop."""
-        cfg = model.config
-        kind, size = cfg.tts_model_type, cfg.tts_model_size
-        root = Path(voices_dir) if voices_dir is not None else None
-        entries = catalogue(model, VoiceRegistry(root) if root is not None else None)
-        return cls(name=name, kind=kind, voices=[e.name for e in entries], languages=list(model.languages),
-                   instruct=honours_instruct(kind, size), entries=entries, size=size, voices_dir=root, model=model)
-
-    def reload(self) -> list[VoiceEntry]:
-        """The catalogue as the voices directory holds it now (blocking: run it in a thread, then `adopt`)."""
-        if self.voices_dir is None or self.model is None:
-            return list(self.entries)
-        return catalogue(self.model, VoiceRegistry(self.voices_dir))
-
-    def adopt(self, entries: list[VoiceEntry]) -> None:
-        self.entries = entries
-        self.voices = [e.name for e in entries]
-
-    def entry(self, name: str) -> VoiceEntry | None:
-        return find(self.entries, name)
-
-    @property
-    def default_voice(self) -> VoiceEntry | None:
-        return self.entries[0] if self.entries else None
-
-    def stream_args(self, voice: str | None, language: str, instruct: str | None) -> dict[str, Any]:
-        """`Engine.open_stream` keywords for a session's choice; ValueError names an unknown voice."""
-        if voice is None:
-            return {"language": language, "instruct": instruct}
-        entry = self.entry(voice)
-        if entry is None:
-            known = ", ".join(self.voices) or "none (add one with `voicegate voices add`)"
-            raise ValueError(f"unknown voice {voice!r}; choose one of {known}")
-        return entry.stream_args(language, instruct)
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.name, "model_kind": self.kind, "voices": self.voices, "languages": self.languages,
-                "instruct": self.instruct, "voice_details": [e.describe(self.languages) for e in self.entries]}
+__all__ = ["ModelInfo", "Session"]  # ModelInfo lives in agent.catalogue; importing it from here keeps working
 
 
 class Session:
