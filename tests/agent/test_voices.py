@@ -414,3 +414,35 @@ async def test_instruct_on_06b_custom_voice_is_a_warning(server: ServerThread) -
         assert (warning["code"], warning["id"]) == (protocol.INSTRUCT_IGNORED, "w") and "0.6B" in warning["message"]
         cfg = (await client.expect("session.updated"))["config"]
         assert cfg["voice"] == "dylan" and cfg["instruct"] is None
+
+
+async def test_session_speaks_with_a_designed_voice(tiny_checkpoint: Callable[..., Path],
+                                                    tiny_model: Callable[..., Any], tmp_path: Path) -> None:
+    from tts_engine.engine import Engine
+    from tts_engine.loading import load_model
+    from tts_engine.scheduler import EngineSettings
+
+    VoiceRegistry(tmp_path).add_designed("narrator", "A calm, low voice, speaking slowly.", "english")
+    engine = Engine(load_model(tiny_checkpoint("voice_design"), device="cpu"), EngineSettings(max_streams=2))
+    srv = ServerThread(engine, ServerSettings(port=0, voices_dir=tmp_path), name="tiny-vd")
+    try:
+        async with session_client(srv.ws_url) as (client, created):
+            assert created["model_kind"] == "voice_design" and created["instruct"] is True
+            assert created["voice_details"] == [{
+                "name": "narrator", "kind": "designed", "language": "english", "languages": created["languages"],
+                "instruct": True, "description": "A calm, low voice, speaking slowly.",
+                "created": created["voice_details"][0]["created"]}]
+            await client.send(type="session.update", voice="narrator", greedy=True)
+            cfg = (await client.expect("session.updated"))["config"]
+            assert (cfg["voice"], cfg["language"], cfg["instruct"]) == ("narrator", "english", None)
+            done = await client.speak("Good evening.", timeout=60)
+            assert done["type"] == "utterance.done" and done["frames"] == len(client.frames) > 0
+            served = b"".join(client.frames)
+    finally:
+        srv.stop()
+        engine.close()
+    with Engine(tiny_model("voice_design")) as local:
+        stream = local.open_stream(language="english", instruct="A calm, low voice, speaking slowly.", greedy=True)
+        stream.push_text("Good evening.")
+        stream.finish()
+        assert served == b"".join(f.pcm.tobytes() for f in stream)
