@@ -44,7 +44,7 @@ class VoiceEntry:
     description: str | None = None  # designed: the VoiceDesign instruct
     created: str | None = None
     consent: str | None = None
-    prompt: VoicePrompt | None = None  # cloned: loaded once, reused by every stream
+    prompt: VoicePrompt | None = field(default=None, repr=False, compare=False)  # cloned: loaded once, reused
 
     def describe(self, languages: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "language": self.language,
@@ -121,7 +121,7 @@ class ModelInfo:
     entries: list[VoiceEntry] = field(default_factory=list)
     size: str = ""  # "0b6" | "1b7"
     voices_dir: Path | None = None  # saved voices; None: presets only
-    model: Any = field(default=None, repr=False)  # the TTSModel (for reload)
+    model: Any = field(default=None, repr=False, compare=False)  # the TTSModel (for reload)
 
     def __post_init__(self) -> None:
         if not self.entries and self.kind == "custom_voice":
