@@ -1,4 +1,4 @@
-"""`voicegate` command line: make-checkpoint, synth, serve (wyoming joins as it lands)."""
+"""`voicegate` command line: make-checkpoint, synth, serve, voices (wyoming joins as it lands)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import sys
 import time
 import wave
 from pathlib import Path
+
+from agent.voices import default_voices_dir
+from agent.voices_cli import add_parser as add_voices_parser
+from agent.voices_cli import add_voices_dir
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 
@@ -45,23 +49,40 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print("error: --feed word|char streams text into the streaming layout; drop --non-streaming",
               file=sys.stderr)
         return 2
+    chosen = [flag for flag in ("speaker", "voice", "ref_audio", "xvector") if getattr(args, flag)]
+    if len(chosen) > 1:
+        print(f"error: choose one of --speaker, --voice, --ref-audio, --xvector (got {', '.join(chosen)})",
+              file=sys.stderr)
+        return 2
+    if args.ref_text and not args.ref_audio:
+        print("error: --ref-text is the transcript of --ref-audio", file=sys.stderr)
+        return 2
+    ref = None
+    if args.ref_audio:  # decode and check before loading the model: a bad file fails at once
+        from agent.reference_audio import load_reference
+
+        ref = load_reference(args.ref_audio)
+        for warning in ref.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(args.seed)
     model = load_model(args.model, device=args.device)
-    xvector = None
-    if args.xvector:
-        xvector = torch.from_numpy(np.load(args.xvector)).float()
-    speaker = args.speaker
-    if speaker is None and model.config.tts_model_type == "custom_voice":
-        speaker = model.speakers[0]
+    voice = _synth_voice(model, args, ref)
+    if voice.get("instruct") and model.config.tts_model_type == "custom_voice":
+        from agent.catalogue import honours_instruct
+
+        if not honours_instruct("custom_voice", model.config.tts_model_size):
+            print("warning: the 0.6B CustomVoice model ignores --instruct (as the official package does); use "
+                  "the 1.7B CustomVoice or a VoiceDesign model for style control", file=sys.stderr)
+            voice["instruct"] = None
     started = time.perf_counter()
     first_audio_s = None
     if args.feed == "all":
-        result = model.synthesize(args.text, speaker=speaker, language=args.language, instruct=args.instruct,
-                                  xvector=xvector, non_streaming=args.non_streaming, greedy=args.greedy,
+        result = model.synthesize(args.text, **voice, non_streaming=args.non_streaming, greedy=args.greedy,
                                   seed=args.seed, max_frames=args.max_frames, eos_policy=args.eos_policy)
         audio, codes, ended_by = result.audio, result.codes.numpy(), result.ended_by
     else:
-        audio, codes, ended_by, first_audio_s = _synth_streaming(model, args, speaker, xvector)
+        audio, codes, ended_by, first_audio_s = _synth_streaming(model, args, voice)
+    speaker = voice.get("speaker") or args.voice
     elapsed = time.perf_counter() - started
     _write_wav(Path(args.out), audio)
     if args.codes_out:
@@ -74,7 +95,38 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth_streaming(model, args: argparse.Namespace, speaker, xvector):  # type: ignore[no-untyped-def]
+def _synth_voice(model, args: argparse.Namespace, ref) -> dict:  # type: ignore[no-untyped-def]
+    """synthesize/open_stream keywords for --speaker | --voice | --ref-audio | --xvector (and the defaults)."""
+    import numpy as np
+    import torch
+
+    language = args.language or "auto"
+    if args.voice:
+        from agent.catalogue import catalogue, find
+        from agent.voices import VoiceRegistry
+
+        entries = catalogue(model, VoiceRegistry(args.voices_dir))
+        entry = find(entries, args.voice)
+        if entry is None:
+            known = ", ".join(e.name for e in entries) or "none"
+            raise ValueError(f"unknown voice {args.voice!r} for this {model.config.tts_model_type} model; "
+                             f"its voices: {known} (`voicegate voices list` shows the saved ones)")
+        return entry.stream_args(args.language or entry.language, args.instruct)
+    voice: dict = {"language": language, "instruct": args.instruct}
+    if ref is not None:
+        started = time.perf_counter()
+        voice["voice_prompt"] = model.make_voice_prompt(ref.samples, ref_text=args.ref_text or None)
+        print(f"voice prompt from {args.ref_audio} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    elif args.xvector:
+        voice["xvector"] = torch.from_numpy(np.load(args.xvector)).float()
+    elif args.speaker:
+        voice["speaker"] = args.speaker
+    elif model.config.tts_model_type == "custom_voice":
+        voice["speaker"] = model.speakers[0]
+    return voice
+
+
+def _synth_streaming(model, args: argparse.Namespace, voice: dict):  # type: ignore[no-untyped-def]
     """Feed the text word by word or character by character into the streaming engine."""
     import numpy as np
 
@@ -88,8 +140,7 @@ def _synth_streaming(model, args: argparse.Namespace, speaker, xvector):  # type
         pieces = [w + " " for w in words[:-1]] + [words[-1]]
     with Engine(model) as engine:
         started = time.perf_counter()
-        stream = engine.open_stream(speaker, args.language, args.instruct, xvector, greedy=args.greedy,
-                                    seed=args.seed, eos_policy=args.eos_policy)
+        stream = engine.open_stream(**voice, greedy=args.greedy, seed=args.seed, eos_policy=args.eos_policy)
         for piece in pieces:
             stream.push_text(piece)
         stream.finish()
@@ -117,6 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_sessions=args.max_sessions, max_message_bytes=args.max_message_bytes,
                               shutdown_grace_s=args.shutdown_grace, engine_nice=args.engine_nice,
                               static_dir=Path(args.static_dir) if args.static_dir else None,
+                              voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
                               session=SessionSettings(max_utterance_chars=args.max_utterance_chars,
                                                       audio_lead_ms=args.audio_lead_ms,
                                                       start_buffer_ms=args.start_buffer_ms,
@@ -169,9 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub id")
     sy.add_argument("--text", required=True)
     sy.add_argument("--speaker", help="preset speaker (CustomVoice; default: the first one)")
-    sy.add_argument("--language", default="auto")
+    sy.add_argument("--voice", help="a preset speaker or a saved voice (`voicegate voices list`)")
+    sy.add_argument("--ref-audio", help="clone this recording on the fly (Base checkpoint; any format and rate)")
+    sy.add_argument("--ref-text", help="transcript of --ref-audio (ICL cloning)")
+    sy.add_argument("--language", default=None, help="default: auto, or the saved voice's language")
     sy.add_argument("--instruct", help="style instruction (1.7B CustomVoice, VoiceDesign)")
     sy.add_argument("--xvector", help=".npy speaker x-vector for a Base checkpoint")
+    add_voices_dir(sy)
     sy.add_argument("--greedy", action="store_true", help="argmax after the official logits processors")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--max-frames", type=int)
@@ -208,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="nice value of the engine thread, so that paced audio and barge-in win the CPU (0: off)")
     sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")
     sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_voices_dir(sv)
     sv.set_defaults(func=cmd_serve)
+
+    add_voices_parser(sub)
     return parser
 
 
@@ -218,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as exc:  # CheckpointError and bad input: one clear line
+    except (ValueError, FileNotFoundError, NotImplementedError) as exc:  # bad input: one clear line
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

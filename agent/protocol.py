@@ -36,6 +36,9 @@ BAD_TOKEN = "bad_token"
 SLOW_CONSUMER = "slow_consumer"
 INTERNAL_ERROR = "internal_error"
 
+# ---- warning codes (event `warning`: the request was applied, with a caveat) ----------------------
+INSTRUCT_IGNORED = "instruct_ignored"  # the model does not follow style instructions (0.6B CustomVoice)
+
 # ---- close codes (RFC 6455 private range 4000-4999, plus standard ones) ---------------------------
 CLOSE_GOING_AWAY = 1001  # server shutdown
 CLOSE_POLICY = 1008  # slow consumer

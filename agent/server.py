@@ -79,7 +79,7 @@ class Server:
         self.engine = engine
         self.settings = settings or ServerSettings()
         self.settings.check_exposure()
-        self.info = ModelInfo.from_engine(engine, model_name)
+        self.info = ModelInfo.from_engine(engine, model_name, self.settings.voices_dir)
         self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
         self.metrics = Metrics()
         self.sessions: dict[str, Session] = {}

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from . import protocol
+from .catalogue import ModelInfo
 from .connection import Connection
 from .metrics import Metrics
 from .playout import PacedSink, RtcSink
@@ -33,29 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class ModelInfo:
-    """What the loaded checkpoint offers (sent in session.created and the `voices` reply)."""
-
-    name: str
-    kind: str  # custom_voice | base | voice_design
-    voices: list[str]
-    languages: list[str]
-    instruct: bool  # whether style instructions are honoured
-
-    @classmethod
-    def from_engine(cls, engine: Engine, name: str) -> ModelInfo:
-        model = engine.model
-        cfg = model.config
-        kind = cfg.tts_model_type
-        instruct = kind == "voice_design" or (kind == "custom_voice" and cfg.tts_model_size != "0b6")
-        return cls(name=name, kind=kind, voices=list(model.speakers), languages=list(model.languages),
-                   instruct=instruct)
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.name, "model_kind": self.kind, "voices": self.voices, "languages": self.languages,
-                "instruct": self.instruct}
+__all__ = ["ModelInfo", "Session"]  # ModelInfo lives in agent.catalogue; importing it from here keeps working
 
 
 class Session:
@@ -68,7 +46,9 @@ class Session:
         self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
         self.loop = asyncio.get_running_loop()
         self.connections: dict[int, Connection] = {}
-        self.voice = VoiceConfig(voice=info.voices[0] if info.kind == "custom_voice" and info.voices else None)
+        default = info.default_voice
+        self.voice = VoiceConfig(voice=default.name if default else None,
+                                 language=default.language if default else "auto")
         self.audio = "websocket"
         self.vad: dict[str, Any] = {}
         self.barge_in = settings.barge_in
@@ -81,7 +61,7 @@ class Session:
         self._closing_peers: set[asyncio.Task[None]] = set()
         self.sink: PacedSink | RtcSink = self._paced_sink()
         self.utterances = UtteranceQueue(engine, settings, metrics, tokenizer, self.broadcast, lambda: self.sink,
-                                         lambda: self.voice, self.id)
+                                         lambda: self.voice, self.id, self._stream_args)
 
     # ---- connections -----------------------------------------------------------------------------
     def attach(self, conn: Connection, owner: bool) -> None:
@@ -130,6 +110,8 @@ class Session:
             elif isinstance(msg, protocol.WebRtcOffer):
                 await self.offer(conn, msg)
             elif isinstance(msg, protocol.VoicesList):
+                # voices added or removed while serving show up here (reading the files is off the loop)
+                self.info.adopt(await asyncio.to_thread(self.info.reload))
                 reply = protocol.event("voices", **self.info.describe())
                 if msg.id is not None:
                     reply["id"] = msg.id
@@ -143,11 +125,25 @@ class Session:
     def update(self, conn: Connection, msg: protocol.SessionUpdate) -> None:
         voice = VoiceConfig(**vars(self.voice))
         if msg.voice is not None:
-            voice.voice = msg.voice
+            entry = self.info.entry(msg.voice)
+            if entry is None:
+                known = ", ".join(self.info.voices) or "none: this model has no preset or saved voice"
+                raise ProtocolError(protocol.INVALID_VOICE, f"unknown voice {msg.voice!r}; choose one of {known}",
+                                    msg.id)
+            voice.voice = entry.name
+            if msg.language is None and entry.kind != "preset":
+                voice.language = entry.language  # a saved voice brings its language
         if msg.language is not None:
             voice.language = msg.language.lower()
+        warning = None
         if msg.instruct is not None:
             voice.instruct = msg.instruct or None
+            if voice.instruct and self.info.kind == "custom_voice" and not self.info.instruct:
+                warning = protocol.event("warning", code=protocol.INSTRUCT_IGNORED,
+                                         message="this model (0.6B CustomVoice) ignores style instructions, as "
+                                                 "the official package does; the instruction was dropped (the "
+                                                 "1.7B CustomVoice and VoiceDesign models follow them)")
+                voice.instruct = None
         if msg.seed is not None:
             voice.seed = msg.seed
         if msg.greedy is not None:
@@ -169,7 +165,14 @@ class Session:
             self._set_audio(msg.audio, conn)
         if msg.vad is not None and self.peer is not None and hasattr(self.peer, "set_vad"):
             self.peer.set_vad(self._vad_settings())
+        if warning is not None:
+            if msg.id is not None:
+                warning["id"] = msg.id
+            conn.send_event(warning)
         self.broadcast(protocol.event("session.updated", config=self.config()))
+
+    def _stream_args(self, voice: VoiceConfig) -> dict[str, Any]:
+        return self.info.stream_args(voice.voice, voice.language, voice.instruct)
 
     def _check_voice(self, voice: VoiceConfig, msg_id: str | None) -> None:
         from tts_engine.prompt import validate_voice
@@ -177,13 +180,10 @@ class Session:
         if voice.language not in self.info.languages:
             raise ProtocolError(protocol.INVALID_VOICE, f"unknown language {voice.language!r}; this model "
                                                         f"speaks {', '.join(self.info.languages)}", msg_id)
-        if self.info.kind == "custom_voice" and voice.voice not in self.info.voices:
-            raise ProtocolError(protocol.INVALID_VOICE, f"unknown voice {voice.voice!r}; choose one of "
-                                                        f"{', '.join(self.info.voices)}", msg_id)
         try:
-            v = self.engine.model.voice(voice.voice, voice.language, voice.instruct, None)
+            v = self.engine.model.voice(**self._stream_args(voice))
             validate_voice(self.engine.model.config, v)
-        except ValueError as exc:
+        except (ValueError, NotImplementedError) as exc:  # NotImplementedError: ICL before the engine has it
             raise ProtocolError(protocol.INVALID_VOICE, str(exc), msg_id) from None
 
     def _check_vad(self, vad: dict[str, Any], msg_id: str | None) -> None:

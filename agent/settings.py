@@ -54,6 +54,7 @@ class ServerSettings:
     engine_nice: int = 5
     shutdown_grace_s: float = 5.0  # on SIGINT/SIGTERM: time left for in-flight utterances to finish
     static_dir: Path | None = None  # the page at "/" (default: the installed web_client package)
+    voices_dir: Path | None = None  # saved voices next to the presets (None: presets only; CLI: default dir)
     session: SessionSettings = field(default_factory=SessionSettings)
 
     def check_exposure(self) -> None:

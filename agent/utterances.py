@@ -77,9 +77,12 @@ class Utterance:
 class UtteranceQueue:
     def __init__(self, engine: Engine, settings: SessionSettings, metrics: Metrics, tokenizer: Tokenizer | None,
                  emit: Emit, sink: Callable[[], PacedSink | RtcSink], voice: Callable[[], VoiceConfig],
-                 name: str) -> None:
+                 name: str, stream_args: Callable[[VoiceConfig], dict[str, Any]] | None = None) -> None:
         self.engine, self.settings, self.metrics, self.tokenizer = engine, settings, metrics, tokenizer
         self.emit, self.sink, self.voice, self.name = emit, sink, voice, name
+        # voice name -> open_stream keywords (the session's catalogue); default: the name is a preset speaker
+        self.stream_args = stream_args or (lambda v: {"speaker": v.voice, "language": v.language,
+                                                      "instruct": v.instruct})
         self.loop = asyncio.get_running_loop()
         self.queue: collections.deque[Utterance] = collections.deque()  # head: the one playing
         self.open_utt: Utterance | None = None  # accepting text (the last one, until its flush)
@@ -233,8 +236,8 @@ class UtteranceQueue:
         """Start synthesis of `utt` with the session's current voice; False (reported) if it cannot."""
         v = utt.voice = VoiceConfig(**vars(self.voice()))
         try:
-            stream = self.engine.open_stream(v.voice, v.language, v.instruct, greedy=v.greedy, seed=v.seed)
-        except ValueError as exc:
+            stream = self.engine.open_stream(**self.stream_args(v), greedy=v.greedy, seed=v.seed)
+        except (ValueError, NotImplementedError) as exc:
             self._report_error(protocol.INVALID_VOICE, f"utterance {utt.id}: {exc}")
             self.interrupt(utt, "error")
             return False

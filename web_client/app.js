@@ -10,7 +10,8 @@ const LOUD_DBFS = -40;        // ... above this is "speaking"
 const CHARS_PER_S = 14;       // the server's speaking-rate estimate (protocol.md, spoken_text)
 
 const vg = window.vg = {
-  events: [], errors: [], levels: [], utterances: {}, order: [],
+  events: [], errors: [], notices: [], levels: [], utterances: {}, order: [],
+  voices: {}, model: { kind: null, instruct: false },
   connectMs: null, session: null, connected: false, firstLoudAt: null,
   async stats() { return inboundStats(); },
 };
@@ -28,6 +29,10 @@ function showError(msg) {
   p.textContent = msg;
   $("errors").append(p);
   while ($("errors").children.length > 5) $("errors").firstChild.remove();
+}
+function showNotice(msg) {
+  vg.notices.push(msg);
+  $("notice").textContent = msg;
 }
 window.addEventListener("error", (e) => showError(`page error: ${e.message}`));
 window.addEventListener("unhandledrejection", (e) => showError(`error: ${e.reason?.message ?? e.reason}`));
@@ -101,7 +106,7 @@ async function connect() {
     $("connect-time").textContent = `connected in ${vg.connectMs} ms`;
     setStatus("connected", "connected");
     for (const id of ["disconnect", "text", "speak", "stop", "voice", "language"]) $(id).disabled = false;
-    $("instruct").disabled = !created.instruct;
+    syncInstruct();
     $("text").focus();
     timer = setInterval(tick, 20);
   } catch (err) {
@@ -164,14 +169,46 @@ function connectedPeer(peer) {
 }
 
 // ---------- pickers and the agent snippet -------------------------------------------------------
+function voiceLabel(v) {
+  if (v.kind === "preset") return v.dialect ? `${v.name} (${v.dialect.replace("_", " ")})` : v.name;
+  if (v.kind === "cloned") return `${v.name} — cloned, ${v.mode === "icl" ? "ICL" : "x-vector"}`;
+  return `${v.name} — designed`;
+}
+
+// The voice picker: presets, then saved voices (session.created `voice_details`; plain names from older servers).
+function fillVoices(c) {
+  const details = c.voice_details ?? c.voices.map((name) => ({ name, kind: "preset", instruct: c.instruct }));
+  vg.voices = Object.fromEntries(details.map((v) => [v.name, v]));
+  const groups = [["Preset speakers", details.filter((v) => v.kind === "preset")],
+                  ["Saved voices", details.filter((v) => v.kind !== "preset")]];
+  const sel = $("voice");
+  sel.replaceChildren(...groups.filter(([, vs]) => vs.length).map(([label, vs]) => {
+    const g = document.createElement("optgroup");
+    g.label = label;
+    g.append(...vs.map((v) => new Option(voiceLabel(v), v.name)));
+    return g;
+  }));
+  if (c.config?.voice && vg.voices[c.config.voice]) sel.value = c.config.voice;
+}
+
+// Instruct is offered only where the model follows it (1.7B CustomVoice, VoiceDesign); a designed voice shows
+// its saved description, which an instruction typed here replaces.
+function syncInstruct() {
+  const v = vg.voices[$("voice").value];
+  const honoured = vg.model.instruct && (v ? v.instruct !== false : true);
+  $("instruct-label").hidden = !vg.model.instruct;
+  $("instruct").disabled = !vg.connected || !honoured;
+  $("instruct").placeholder = v?.description ?? "e.g. calm, slow, warm";
+}
+
 function fillPickers(c) {
   vg.session = c.session;
-  for (const [id, items, value] of [["voice", c.voices, c.config?.voice], ["language", c.languages, c.config?.language]]) {
-    const sel = $(id);
-    sel.replaceChildren(...items.map((v) => new Option(v, v)));
-    if (value && items.includes(value)) sel.value = value;
-  }
-  $("instruct-label").hidden = !c.instruct;
+  vg.model = { kind: c.model_kind, instruct: c.instruct };
+  fillVoices(c);
+  const lang = $("language");
+  lang.replaceChildren(...c.languages.map((v) => new Option(v, v)));
+  if (c.config?.language && c.languages.includes(c.config.language)) lang.value = c.config.language;
+  syncInstruct();
   $("sid").textContent = c.session;
   $("token").textContent = c.token;
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/session?session=${c.session}&token=${c.token}`;
@@ -205,9 +242,13 @@ function voiceFields() {
   return f;
 }
 
-for (const id of ["voice", "language", "instruct"]) {
-  $(id).addEventListener("change", () => send({ type: "session.update", ...voiceFields() }));
-}
+// Picking a voice sends only the voice: a saved voice brings its own language (session.updated says which).
+$("voice").addEventListener("change", () => {
+  syncInstruct();
+  send({ type: "session.update", voice: $("voice").value });
+});
+$("language").addEventListener("change", () => send({ type: "session.update", language: $("language").value }));
+$("instruct").addEventListener("change", () => send({ type: "session.update", instruct: $("instruct").value.trim() }));
 
 $("copy").addEventListener("click", async () => {
   const text = $("snippet").textContent;
@@ -412,6 +453,12 @@ function onEvent(m) {
       break;
     case "user.speech_stopped": break;
     case "error": showError(`${m.code}: ${m.message}`); break;
+    case "warning": showNotice(`${m.code}: ${m.message}`); break;
+    case "session.updated":
+      if (m.config.voice && vg.voices?.[m.config.voice]) $("voice").value = m.config.voice;
+      if (m.config.language) $("language").value = m.config.language;
+      syncInstruct();
+      break;
     case "webrtc.state": if (m.state === "failed") showError("WebRTC: the server's peer failed"); break;
   }
 }

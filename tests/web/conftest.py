@@ -32,6 +32,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
+# No sound server for Chromium: it then renders audio on its own clock. Through PulseAudio's null sink
+# (which the Firefox test starts) the page's AnalyserNode lags the network by about a second.
+CHROMIUM_ENV = {**os.environ, "PULSE_SERVER": "unix:/nonexistent/voicegate-no-sound-server"}
+
+
 def chromium_path() -> str:
     path = os.environ.get("VOICEGATE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
@@ -68,6 +73,28 @@ def web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThre
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def web_base_server(tiny_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory,
+                    netns: LoopbackNamespace) -> Iterator[ServerThread]:
+    """A tiny Base checkpoint with one saved (cloned) voice, "alice", made from espeak-ng speech."""
+    from agent.settings import ServerSettings
+    from agent.voices import VoiceRegistry
+    from tests.agent.voice_helpers import espeak_wav
+    from tts_engine.engine import Engine
+    from tts_engine.loading import load_model
+    from tts_engine.scheduler import EngineSettings
+
+    model = load_model(tiny_checkpoint("base"), device="cpu")
+    voices = tmp_path_factory.mktemp("web-voices")
+    VoiceRegistry(voices).add_cloned("alice", model, espeak_wav(voices.parent / "alice-ref.wav"), language="english")
+    eng = Engine(model, EngineSettings(max_streams=4))
+    srv = ServerThread(eng, ServerSettings(port=0, voices_dir=voices), name="tiny-base", rtc_settings=loopback_rtc(),
+                       on_thread_start=netns.enter_this_thread)
+    yield srv
+    srv.stop()
+    eng.close()
+
+
 def write_wav(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
     with wave.open(str(path), "wb") as w:
@@ -96,7 +123,7 @@ def launch(playwright_driver: Any, netns: LoopbackNamespace, tmp_path: Path) -> 
 
     def start(mic_wav: Path) -> Any:
         browser = playwright_driver.chromium.launch(
-            executable_path=executable, headless=True,
+            executable_path=executable, headless=True, env=CHROMIUM_ENV,
             args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}%noloop"])
         browsers.append(browser)
         return browser.new_page(viewport={"width": 900, "height": 1100})

@@ -56,7 +56,9 @@ def connect(page: Any, url: str) -> list[str]:
     return errors
 
 
-def test_page_connects_and_plays_typed_text(web_server: Any, launch: Any, netns: Any, tmp_path: Path) -> None:
+def test_page_connects_and_plays_typed_text(web_base_server: Any, launch: Any, netns: Any, tmp_path: Path) -> None:
+    """On a Base checkpoint with a saved voice: the picker offers it, and typed text plays in that voice."""
+    web_server = web_base_server
     page = launch(write_wav(tmp_path / "silence.wav", np.zeros(48000 * 2)))
     errors = connect(page, web_server.url)
     candidates = re.findall(r"a=candidate:\S+ \d+ \w+ \d+ (\S+) ", page.evaluate("vg.offerSdp"))
@@ -66,6 +68,13 @@ def test_page_connects_and_plays_typed_text(web_server: Any, launch: Any, netns:
     created = events(page, "session.created")[0]
     assert page.locator("#voice option").count() == len(created["voices"]) > 0
     assert page.locator("#language option").count() == len(created["languages"]) > 0
+    # the saved voice is in the picker, labelled, under "Saved voices", and selected (the session's voice)
+    saved = page.locator('#voice optgroup[label="Saved voices"] option')
+    assert saved.count() == 1 and saved.first.inner_text() == "alice — cloned, x-vector"
+    assert page.locator("#voice").input_value() == "alice" == created["config"]["voice"]
+    assert page.locator("#language").input_value() == "english"  # the saved voice's language
+    # a Base model takes no style instruction: the field is not offered
+    assert page.locator("#instruct").is_disabled() and not page.locator("#instruct").is_visible()
     assert created["session"] in page.locator("#snippet").inner_text()
     assert created["token"] in page.locator("#snippet").inner_text()
 

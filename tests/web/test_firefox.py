@@ -41,18 +41,26 @@ BIDI_PORT = 9222  # inside the test's own network namespace, so always free
 TEXT = "Hello from Firefox, typed one key at a time."
 
 
-@pytest.fixture(scope="session")
-def sound_server() -> None:
+@pytest.fixture(scope="module")
+def sound_server() -> Iterator[None]:
+    """A PulseAudio daemon (null sink) for this module; stopped after it if this fixture started it."""
     if shutil.which("pulseaudio") is None:
         pytest.fail("pulseaudio is not installed (`apt-get install pulseaudio`): headless Firefox needs a "
                     "sound server to run an AudioContext", pytrace=False)
-    if subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
-        subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1"], capture_output=True, check=True)
+    if subprocess.run(["pactl", "info"], capture_output=True).returncode == 0:
+        yield  # someone else's: leave it alone
+        return
+    subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1"], capture_output=True, check=True)
+    try:
         for _ in range(50):
             if subprocess.run(["pactl", "info"], capture_output=True).returncode == 0:
-                return
+                break
             time.sleep(0.1)
-        pytest.fail("pulseaudio did not start", pytrace=False)
+        else:
+            pytest.fail("pulseaudio did not start", pytrace=False)
+        yield
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], capture_output=True)
 
 
 @pytest.fixture(scope="module")
