@@ -22,7 +22,7 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from agent.cli import build_parser
+from agent.cli import build_parser, main
 from agent.wyoming import WyomingService, WyomingSettings
 
 FRAME_BYTES = 1920 * 2
@@ -161,11 +161,30 @@ async def test_unknown_voice_is_an_error_and_the_connection_stays_usable(service
         assert Error.from_event(await read(c)).code == "unsupported_language"
         await c.write_event(SynthesizeChunk(text="stray").event())
         assert Error.from_event(await read(c)).code == "no_stream"
+        await c.write_event(SynthesizeStop().event())
+        assert Error.from_event(await read(c)).code == "no_stream"
 
         # Then a good request (by language code only, as a client without a voice may send) still works.
         await c.write_event(Synthesize(text="Hi there.", voice=SynthesizeVoice(language="en-US")).event())
         events = await read_until(c, "audio-stop")
         assert pcm_of(events).size >= 1920
+
+
+async def test_second_start_and_oversized_text_are_errors_and_the_stream_still_ends(service: WyomingService,
+                                                                                   engine: Any) -> None:
+    async with client(service) as c:
+        await c.write_event(SynthesizeStart().event())
+        await c.write_event(SynthesizeStart().event())
+        assert Error.from_event(await read(c)).code == "stream_open"
+        await c.write_event(SynthesizeChunk(text="Hello there, ").event())
+        await read_until(c, "audio-chunk")
+        await c.write_event(SynthesizeChunk(text="x" * (engine.settings.max_text_chars + 1)).event())
+        err = Error.from_event((await read_until(c, "error"))[-1])
+        assert err.code == "text_too_long" and str(engine.settings.max_text_chars) in err.text
+        await c.write_event(SynthesizeChunk(text="ignored after the error").event())
+        await c.write_event(SynthesizeStop().event())
+        assert [e.type for e in await read_until(c, "synthesize-stopped")][-2:] == ["audio-stop",
+                                                                                    "synthesize-stopped"]
 
 
 async def test_disconnect_mid_stream_frees_the_engine_slot(service: WyomingService, engine: Any) -> None:
@@ -204,13 +223,18 @@ async def test_two_clients_at_once_share_the_engine_batch(service: WyomingServic
         assert_same_audio(pcm, await reference_pcm(engine, texts[voice] + " ", voice))
 
 
-def test_cli_parses_the_wyoming_subcommand() -> None:
+def test_cli_parses_the_wyoming_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["wyoming", "--model", "./tiny", "--uri", "tcp://0.0.0.0:10200",
                                       "--zeroconf"])
     assert (args.command, args.model, args.uri, args.zeroconf) == ("wyoming", "./tiny", "tcp://0.0.0.0:10200",
                                                                    "voicegate")
     assert build_parser().parse_args(["wyoming", "--zeroconf", "kitchen"]).zeroconf == "kitchen"
     assert build_parser().parse_args(["wyoming"]).zeroconf is None
+    # Bad combinations fail with a clear message before any model is loaded.
+    assert main(["wyoming", "--model", "/nonexistent", "--uri", "unix:///tmp/vg.sock", "--zeroconf"]) == 2
+    assert "--zeroconf needs a tcp:// URI" in capsys.readouterr().err
+    assert main(["wyoming", "--model", "/nonexistent", "--uri", "stdio://"]) == 2
+    assert "--uri must be tcp://HOST:PORT or unix://PATH" in capsys.readouterr().err
 
 
 async def test_bad_defaults_fail_at_startup(engine: Any) -> None:
