@@ -98,6 +98,13 @@ class WyomingHandler(AsyncEventHandler):
 
     # ---- events --------------------------------------------------------------------------------
     async def handle_event(self, event: Event) -> bool:
+        try:
+            await self._dispatch(event)
+        except (KeyError, TypeError) as exc:  # a field missing or of the wrong type: say so, keep the connection
+            await self._error("bad_event", f"malformed {event.type} event: {exc!r}")
+        return True
+
+    async def _dispatch(self, event: Event) -> None:
         if Describe.is_type(event.type):
             await self.write_event(self.service.info_event())
         elif SynthesizeStart.is_type(event.type):
@@ -113,7 +120,6 @@ class WyomingHandler(AsyncEventHandler):
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         else:
             log.debug("wyoming conn=%d ignored event %s", self.conn, event.type)
-        return True
 
     async def _start(self, start: SynthesizeStart) -> None:
         if self.open_flow is not None:

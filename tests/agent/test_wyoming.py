@@ -178,6 +178,9 @@ async def test_second_start_and_oversized_text_are_errors_and_the_stream_still_e
         assert Error.from_event(await read(c)).code == "stream_open"
         await c.write_event(SynthesizeChunk(text="Hello there, ").event())
         await read_until(c, "audio-chunk")
+        for bad in ({}, {"text": 5}):  # a malformed chunk: an error, and the stream goes on
+            await c.write_event(Event(type="synthesize-chunk", data=bad))
+            assert Error.from_event((await read_until(c, "error"))[-1]).code == "bad_event"
         await c.write_event(SynthesizeChunk(text="x" * (engine.settings.max_text_chars + 1)).event())
         err = Error.from_event((await read_until(c, "error"))[-1])
         assert err.code == "text_too_long" and str(engine.settings.max_text_chars) in err.text
