@@ -314,6 +314,7 @@ class WyomingService:
         """Close every connection (their streams are cancelled) and stop listening."""
         await self.server.stop()
         if self._zeroconf is not None:
+            # HomeAssistantZeroconf has no unregister call: closing its AsyncZeroconf withdraws the service.
             with contextlib.suppress(Exception):
                 await self._zeroconf._aiozc.async_close()
 

@@ -59,7 +59,7 @@ def tts_program(info: ModelInfo) -> TtsProgram:
     """The single TTS program of `info` for the Wyoming `info` event."""
     codes = language_codes(info)
     model_version = info.name
-    voices = [TtsVoice(name=name, description=f"{name} ({info.name})", attribution=ATTRIBUTION,
+    voices = [TtsVoice(name=name, description=name, attribution=ATTRIBUTION,
                        installed=True, version=model_version, languages=codes,
                        speakers=[TtsVoiceSpeaker(name=name)])
               for name in voice_names(info)]
