@@ -10,6 +10,8 @@ token each, split inside words) every `--chunk-interval-ms`, synthesize-stop, au
 - after_first_word_ms: the piece that completes the first word sent -> first audio-chunk received: the
   pipeline's own latency (tokenizer, engine step, codec frame, Wyoming framing, loopback TCP).
 - complete_ms: synthesize-stop sent -> synthesize-stopped received; audio_s: seconds of audio per reply.
+- engine_only_after_first_word_ms (in-process, one client): the same schedule pushed into the engine
+  directly, to the first frame: the difference to after_first_word_ms is what the Wyoming layer adds.
 `--clients C` runs C trials at once (C homes sharing one engine); two warm-up trials are not counted.
 """
 
@@ -72,6 +74,28 @@ async def one_reply(host: str, port: int, voice: str | None, chunk_chars: int, i
             "complete_ms": (done - stop_sent) * 1e3, "audio_s": samples / 24000}
 
 
+async def engine_first_frame(engine: Any, speaker: str | None, chunk_chars: int, interval_s: float) -> float:
+    """The same schedule pushed into the engine directly: word-completing piece -> first frame (ms)."""
+    chunks = pieces(TEXT, chunk_chars)
+    word_done = next(i for i, c in enumerate(chunks) if " " in c or "!" in c)
+    stream = engine.open_stream(speaker, "auto")
+    sent: list[float] = []
+
+    async def feed() -> None:
+        for chunk in chunks:
+            sent.append(time.perf_counter())
+            stream.push_text(chunk)
+            await asyncio.sleep(interval_s)
+
+    feeder = asyncio.create_task(feed())
+    async for _frame in stream:
+        first = time.perf_counter()
+        break
+    stream.cancel()
+    feeder.cancel()
+    return (first - sent[word_done]) * 1e3
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -106,9 +130,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(2):  # warm-up: prefix caches, allocator, first-call paths
             await one_reply(host, int(port), args.voice, args.chunk_chars, interval)
         results: list[dict[str, float]] = []
+        baseline: list[float] = []
         for _ in range(args.trials):
             batch = [one_reply(host, int(port), args.voice, args.chunk_chars, interval) for _ in range(args.clients)]
             results += await asyncio.gather(*batch)
+            if service is not None and args.clients == 1:  # the engine alone, same schedule, interleaved
+                speaker = service.resolve(None).name if service.info.voices else None
+                baseline.append(await engine_first_frame(engine, args.voice or speaker, args.chunk_chars, interval))
+        extra = {"engine_only_after_first_word_ms": summary(baseline)} if baseline else {}
     finally:
         if service is not None:
             await service.stop()
@@ -120,7 +149,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_interval_ms": args.chunk_interval_ms, "text_chars": len(TEXT),
             **{key: summary([r[key] for r in results])
                for key in ("first_audio_ms", "after_first_word_ms", "complete_ms")},
-            "audio_s": round(statistics.median(r["audio_s"] for r in results), 2)}
+            "audio_s": round(statistics.median(r["audio_s"] for r in results), 2), **extra}
 
 
 def main() -> None:
