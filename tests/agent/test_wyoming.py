@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -247,3 +252,32 @@ async def test_bad_defaults_fail_at_startup(engine: Any) -> None:
         WyomingService(engine, WyomingSettings(uri="stdio://"))
     svc = WyomingService(engine, WyomingSettings(uri="tcp://127.0.0.1:0", voice="VIVIAN", language="de"))
     assert (svc.settings.voice, svc.settings.language) == ("vivian", "german")
+
+
+async def test_voicegate_wyoming_command_serves_and_stops_on_sigterm(tiny_checkpoint: Any) -> None:
+    """The real command in its own process: it announces its address, answers, and exits 0 on SIGTERM."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "wyoming", "--model", str(tiny_checkpoint("custom_voice")),
+        "--uri", "tcp://127.0.0.1:0", "--device", "cpu", "--threads", "1", "--voice", "serena",
+        stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        match = None
+        async with asyncio.timeout(120):
+            while match is None and (line := (await proc.stderr.readline()).decode()):
+                lines.append(line)  # warnings may come first
+                match = re.search(r"on tcp://127\.0\.0\.1:(\d+) \(9 voices\)", line)
+        assert match, lines
+        async with AsyncTcpClient("127.0.0.1", int(match.group(1))) as c:
+            await c.write_event(Synthesize(text="Hi.").event())  # no voice: the --voice default
+            assert pcm_of(await read_until(c, "audio-stop")).size >= 1920
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert b"voicegate: stopped" in await proc.stderr.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
