@@ -231,6 +231,21 @@ async def test_two_clients_at_once_share_the_engine_batch(service: WyomingServic
         assert_same_audio(pcm, await reference_pcm(engine, texts[voice] + " ", voice))
 
 
+async def test_unix_socket(engine: Any, tmp_path: Path) -> None:
+    from wyoming.client import AsyncUnixClient
+
+    path = tmp_path / "voicegate.sock"
+    svc = WyomingService(engine, WyomingSettings(uri=f"unix://{path}"), model_name="tiny")
+    await svc.start()
+    try:
+        assert svc.port is None and svc.uri == f"unix://{path}"
+        async with AsyncUnixClient(str(path)) as c:
+            await c.write_event(Describe().event())
+            assert Info.from_event(await read(c)).tts[0].supports_synthesize_streaming
+    finally:
+        await svc.stop()
+
+
 def test_cli_parses_the_wyoming_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["wyoming", "--model", "./tiny", "--uri", "tcp://0.0.0.0:10200",
                                       "--zeroconf"])
