@@ -156,6 +156,8 @@ class WyomingHandler(AsyncEventHandler):
         flow.stopped.set()
 
     async def _one_shot(self, request: Synthesize) -> None:
+        if not isinstance(request.text, str):  # checked before a stream exists (bad_event, nothing leaks)
+            raise TypeError(f"text must be a string, not {type(request.text).__name__}")
         stream = await self._open(request.voice)
         if stream is None:
             return
@@ -205,6 +207,8 @@ class WyomingHandler(AsyncEventHandler):
             self._log_done(flow)
         except ConnectionError as exc:  # the client went away while we wrote: disconnect() cleans up
             log.info("wyoming conn=%d flow=%d write failed: %s", self.conn, flow.id, exc)
+        except Exception:  # a bug: never lose it silently in a task nobody awaits
+            log.exception("wyoming conn=%d flow=%d failed", self.conn, flow.id)
         finally:
             if flow.stream is not None:
                 flow.stream.cancel()  # no-op once it ended; frees the engine row otherwise

@@ -162,6 +162,8 @@ async def test_unknown_voice_is_an_error_and_the_connection_stays_usable(service
         await c.write_event(SynthesizeStop().event())
         assert [e.type for e in await read_until(c, "synthesize-stopped")] == ["synthesize-stopped"]
 
+        await c.write_event(Event(type="synthesize", data={"text": ["not", "text"]}))
+        assert Error.from_event(await read(c)).code == "bad_event"  # (no stream left behind: see the fixture)
         await c.write_event(Synthesize(text="Hi", voice=SynthesizeVoice(language="klingon")).event())
         assert Error.from_event(await read(c)).code == "unsupported_language"
         await c.write_event(SynthesizeChunk(text="stray").event())
