@@ -156,6 +156,18 @@ def test_image_copies_every_package_and_runs_the_console_script() -> None:
         assert sub in subcommands, f"entrypoint.sh names {sub!r}; voicegate has {sorted(subcommands)}"
 
 
+def test_build_context_keeps_what_the_image_copies() -> None:
+    """Docker/Dockerfile.dockerignore excludes everything but what COPY names (no venvs, no .git)."""
+    lines = [ln.strip() for ln in (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()]
+    assert lines[lines.index("**")] == "**" and ".venv" not in " ".join(lines)
+    kept = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    for rest in args_of("COPY"):
+        if rest.startswith("--from="):
+            continue
+        for src in [w for w in rest.split()[:-1] if not w.startswith("--")]:
+            assert src.rstrip("/") in kept, f"COPY {src}: excluded from the build context"
+
+
 def test_image_defaults_non_root_cache_volume_and_health() -> None:
     assert args_of("USER")[-1].split(":")[0] not in ("0", "root")
     env = " ".join(args_of("ENV"))
