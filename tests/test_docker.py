@@ -157,7 +157,7 @@ def test_image_copies_every_package_and_runs_the_console_script() -> None:
 
 
 def test_build_context_keeps_what_the_image_copies() -> None:
-    """Docker/Dockerfile.dockerignore excludes everything but what COPY names (no venvs, no .git)."""
+    """docker/Dockerfile.dockerignore excludes everything but what COPY names (no venvs, no .git)."""
     lines = [ln.strip() for ln in (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()]
     assert lines[lines.index("**")] == "**" and ".venv" not in " ".join(lines)
     kept = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
