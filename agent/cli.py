@@ -1,4 +1,4 @@
-"""`voicegate` command line: make-checkpoint, synth, serve, voices (wyoming joins as it lands)."""
+"""`voicegate` command line: make-checkpoint, synth, serve, wyoming, voices."""
 
 from __future__ import annotations
 
@@ -205,6 +205,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wyoming(args: argparse.Namespace) -> int:
+    try:
+        from agent.wyoming import run_from_args
+    except ImportError as exc:  # the `wyoming` package comes with the server extra
+        print(f"error: voicegate wyoming needs the server extra (pip install 'voicegate[server]'): {exc}",
+              file=sys.stderr)
+        return 2
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicegate", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -267,6 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_voices_dir(sv)
     sv.set_defaults(func=cmd_serve)
 
+    wy = sub.add_parser("wyoming", help="Home Assistant: a Wyoming TTS server with streaming synthesis")
+    wy.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub id")
+    wy.add_argument("--uri", default="tcp://127.0.0.1:10200",
+                    help="tcp://HOST:PORT or unix://PATH (for Home Assistant on another machine: "
+                         "tcp://0.0.0.0:10200; Wyoming has no authentication, expose it to your network only)")
+    wy.add_argument("--zeroconf", nargs="?", const="voicegate", metavar="NAME",
+                    help="announce the service to Home Assistant over mDNS (default name: voicegate; tcp:// only)")
+    wy.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    wy.add_argument("--voice", help="voice for requests that name none (default: the catalogue's first)")
+    wy.add_argument("--language", default="auto", help="language for requests that name none (name or ISO code)")
+    wy.add_argument("--instruct", help="style instruction for every utterance (1.7B CustomVoice, VoiceDesign)")
+    wy.add_argument("--seed", type=int, default=0, help="per-utterance sampling seed")
+    wy.add_argument("--greedy", action="store_true", help="argmax after the official logits processors")
+    wy.add_argument("--max-streams", type=int, default=16, help="engine cache rows (streams batched together)")
+    wy.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_voices_dir(wy)
+    wy.set_defaults(func=cmd_wyoming)
     add_voices_parser(sub)
     return parser
 
