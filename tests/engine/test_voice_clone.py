@@ -281,3 +281,27 @@ def test_icl_prompt_checks(base: Any) -> None:
         base.voice(voice_prompt=VoicePrompt(prompt.xvector, torch.full((3, 16), 4096), "Hello."))
     with pytest.raises(ValueError, match="Base checkpoints take no style"):
         base.voice(instruct="Whisper.", voice_prompt=prompt)
+
+
+def test_a_voice_is_prepared_once_and_reused_exactly(base: Any) -> None:
+    """Second stream of a voice: prefix rows, primed decoder state and prefix KV come from the cache
+    (an equal-content prompt object); its codes are the official ones, and the cached KV is what a
+    fresh prefix forward writes."""
+    case = _case("clone_icl_stream")
+    expected = _data(case)["codes"].astype(np.int64)
+    with Engine(base) as engine:
+        first = _stream_codes(engine, _official_prompt(case), _words(case["text"]))
+        (state,) = engine.scheduler._voice_cache.values()
+        primed_frames = state.codec.frames.clone()
+        second = _stream_codes(engine, _official_prompt(case), _words(case["text"]))
+        assert len(engine.scheduler._voice_cache) == 1
+    assert np.array_equal(first, expected) and np.array_equal(second, expected)
+    assert torch.equal(state.codec.frames, primed_frames) and int(primed_frames[0]) == case["ref_frames"]
+    assert state.kv is not None and state.icl is not None
+    length = state.prefix.shape[0]
+    # role (3), think/think_bos/lang/think_eos + x-vector + codec_pad (6), the R reference-only block rows
+    assert length == 3 + 6 + len(case["ref_ids"])
+    base.talker(state.prefix[None], torch.arange(length)[None], rows=slice(0, 1))
+    for layer, (k, v) in zip(base.talker.model.layers, state.kv, strict=True):
+        cache = layer.self_attn.kv_cache
+        assert torch.equal(cache.k[0, :, :length], k) and torch.equal(cache.v[0, :, :length], v)
