@@ -36,7 +36,14 @@ class Engine:
                     xvector: torch.Tensor | None = None, *, voice_prompt: VoicePrompt | None = None,
                     greedy: bool = False, seed: int = 0,
                     eos_policy: str = "default", **sampling: Any) -> Stream:
-        """A new utterance. Voice fields are validated here, so a bad voice fails before any text."""
+        """A new utterance. Voice fields are validated here, so a bad voice fails before any text.
+
+        `voice_prompt` (Base checkpoints) clones a voice. An x-vector prompt starts on the first token,
+        like a preset speaker. An ICL prompt (reference codes + transcript) is exact to the official
+        streaming-text ICL mode, which needs the first T2 - R target tokens in the prompt: the stream
+        holds its first frame until it has them or the input is finished (`TTSModel.icl_wait_tokens`,
+        ~9 tokens per second of reference audio); its frames start after the reference (none of the
+        reference audio is emitted)."""
         if eos_policy not in EOS_POLICIES:
             raise ValueError(f"eos_policy must be one of {EOS_POLICIES}")
         voice = self.model.voice(speaker, language, instruct, xvector, voice_prompt)

@@ -279,10 +279,14 @@ class Scheduler:
                 continue  # nothing to say: retired as "empty"
             if not finished and len(ids) < icl_target_rows(r.icl.ref_len, r.icl.block_len, None):
                 continue  # the wait: the block holds min(N + 1, T2 - R) target rows (E counts)
-            rows = [self._text_track(r, j, ids, finished)
-                    for j in range(r.icl_start, min(r.icl.block_len, r.ref_len + len(ids) + int(finished)))]
-            text = torch.stack(rows) if rows else r.icl.ref_text[:0]  # (n, H); icl_block pads with P
-            block = icl_block(text, r.icl, self.model.rows, r.icl_start)  # (T2 - start, H)
+            # Text-track rows from icl_start (<= R) on: the rest of the reference transcript, the target
+            # tokens the block holds, E if the whole text is in; icl_block cuts at T2 and pads with P.
+            n_tokens = min(len(ids), icl_target_rows(r.icl.ref_len, r.icl.block_len, None))
+            tokens = torch.tensor(ids[:n_tokens], dtype=torch.long, device=device)
+            parts = [r.icl.ref_text[r.icl_start:], self.talker.embed_text(tokens)]
+            if finished and n_tokens == len(ids):
+                parts.append(self.model.rows.eos[None])
+            block = icl_block(torch.cat(parts), r.icl, self.model.rows, r.icl_start)  # (T2 - icl_start, H)
             positions = torch.arange(r.position, r.position + block.shape[0], device=device)[None]
             r.hidden = self.talker(block[None], positions, rows=slice(r.row, r.row + 1))[0, -1]
             r.position += block.shape[0]

@@ -155,12 +155,15 @@ class TTSModel:
         return tuple(ref_ids), codes.long().cpu()
 
     def icl_wait_tokens(self, voice_prompt: VoicePrompt) -> int:
-        """Target text tokens an ICL stream must have before its prefill (unless the input ends first):
+        """Target text tokens an ICL stream needs before its prefill, unless its input ends first:
         T2 - R = F + 1 - R for F reference frames and an R-token transcript (0 for x-vector prompts).
 
-        The streaming-text ICL layout puts the target text beside the reference codes in the prompt, so
-        the first audio waits for these tokens: for ~2.5-3 words/s of reference speech, F = 12.5/s and
-        R ~ 3.5-4.5 tokens/s, i.e. ~8-9 tokens per second of reference, ~25 for 3 s, ~85 for 10 s."""
+        The official streaming-text ICL layout puts the first T2 - R target rows beside the reference
+        codes in the prompt, so the stream's first frame waits for them (exactly min(N + 1, T2 - R) rows:
+        a reply shorter than that starts at `finish()`). F = 12.5 per second of reference; R is ~3-4
+        tokens per second of English speech, so the wait is ~9 tokens per second of reference: ~27 for
+        3 s (the test fixture: F = 37, R = 11 -> 27), ~90 for 10 s. An LLM streaming 30 tokens/s thus
+        adds ~0.9 s (3 s reference) to ~3 s (10 s) to the first audio; x-vector prompts add nothing."""
         if voice_prompt.ref_codes is None or voice_prompt.ref_text is None:
             return 0
         return icl_target_rows(len(self.tokenizer.ref_ids(voice_prompt.ref_text)),

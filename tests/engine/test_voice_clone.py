@@ -305,3 +305,21 @@ def test_a_voice_is_prepared_once_and_reused_exactly(base: Any) -> None:
     for layer, (k, v) in zip(base.talker.model.layers, state.kv, strict=True):
         cache = layer.self_attn.kv_cache
         assert torch.equal(cache.k[0, :, :length], k) and torch.equal(cache.v[0, :, :length], v)
+
+
+@pytest.mark.parametrize("ref_frames", [5, 14])
+def test_stream_equals_synthesis_for_other_reference_lengths(base: Any, ref_frames: int) -> None:
+    """Reference shorter than its transcript (F=5: T2 = 6 < R = 11: no wait at all, the decode steps
+    carry the rest of the transcript first) and T2 - R = 4: the engine fed char by char equals the
+    whole-text layout (the official generate_icl_prompt, checked against the goldens above)."""
+    case = _case("clone_icl_stream")
+    full = _official_prompt(case)
+    assert full.ref_codes is not None
+    prompt = VoicePrompt(full.xvector, full.ref_codes[:ref_frames], case["ref_text"])
+    assert base.icl_wait_tokens(prompt) == max(0, ref_frames + 1 - len(case["ref_ids"]))
+    text = "Short words, then a few more of them."
+    expected = base.synthesize(text, language="english", voice_prompt=prompt, greedy=True, max_frames=40,
+                               eos_policy="official").codes.numpy()
+    with Engine(base) as engine:
+        codes = _stream_codes(engine, prompt, list(text))
+    assert len(expected) > 2 and np.array_equal(codes, expected)
