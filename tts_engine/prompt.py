@@ -132,6 +132,14 @@ def build_prefix(talker: Talker, cfg: Qwen3TTSConfig, voice: Voice, role_ids: li
     return torch.cat(parts)
 
 
+def prompt_length(cfg: Qwen3TTSConfig, voice: Voice, n_role: int, n_instruct: int) -> int:
+    """Talker positions before the first frame (streaming layout): the prefix `build_prefix` makes, then
+    the first target row, or the ICL block (T2 = 1 + F rows)."""
+    has_speaker = voice.xvector is not None or bool(voice.speaker)
+    prefix = n_instruct + n_role + len(codec_header_ids(cfg, voice)) + int(has_speaker) + 1  # + B/codec_pad
+    return prefix + (1 + voice.ref_codes.shape[0] if voice.ref_codes is not None else 1)
+
+
 @dataclass
 class TextRows:
     """Text-track vectors the layouts need: P, E and the codec rows that pair with them."""

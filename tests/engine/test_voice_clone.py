@@ -323,3 +323,20 @@ def test_stream_equals_synthesis_for_other_reference_lengths(base: Any, ref_fram
     with Engine(base) as engine:
         codes = _stream_codes(engine, prompt, list(text))
     assert len(expected) > 2 and np.array_equal(codes, expected)
+
+
+def test_prompt_length_and_the_engine_limit(base: Any) -> None:
+    """prompt_length counts what build_prefix + the ICL block make; a reference whose prompt would take
+    over half of a stream's positions is refused at open_stream, before any text."""
+    from tts_engine.prompt import prompt_length
+    from tts_engine.scheduler import EngineSettings
+
+    prompt = _official_prompt(_case("clone_icl_stream"))
+    for voice_prompt in (prompt, VoicePrompt(prompt.xvector)):
+        voice = base.voice(language="english", voice_prompt=voice_prompt)
+        block = 1 + voice.ref_codes.shape[0] if voice.icl else 1
+        assert prompt_length(base.config, voice, 3, 0) == base.prefix(voice).shape[0] + block
+    with Engine(base, EngineSettings(max_positions=80)) as engine:
+        with pytest.raises(ValueError, match="reference audio too long"):
+            engine.open_stream(language="english", voice_prompt=prompt)
+        engine.open_stream(language="english", voice_prompt=VoicePrompt(prompt.xvector)).cancel()
