@@ -14,9 +14,8 @@ min(N + 1, T2 - R) of them (T2 - R tokens, or the whole text and its E when it i
 prefills the rest of the block in one forward, whose last hidden gives frame 0. Afterwards decode step
 k adds text-track row T2 + k, as in the official streaming-text ICL mode. The stream's codec decoder
 state starts primed on the reference codes (their audio is never emitted).
-Per voice (content key, LRU) the prefix rows, the ICL rows, the primed codec state and the prefix's
-talker KV are cached: a later stream of the voice copies the KV into its cache row instead of running
-the prefix forward (the same one-row forward over the same rows would write the same values).
+Per voice, the prefix rows and KV, the ICL rows and the primed codec state are built once
+(voice_cache.py).
 Live rows stay packed in cache rows [0, n): a leaving stream's row is refilled by the last one.
 Rows that are not ready still ride along in the talker batch with a zero input; their output is
 ignored and the cache slot they wrote is overwritten when they really take that position.
@@ -34,10 +33,11 @@ import numpy as np
 import torch
 
 from .codec_stream import CodecStreamState, StreamingCodecDecoder
-from .prompt import IclRows, Voice, build_icl_rows, icl_block, icl_target_rows
+from .prompt import IclRows, icl_block, icl_target_rows
 from .sampling import NEG_INF, draw
 from .stream import Frame, Stream, StreamEnd
 from .tts import TTSModel, runaway_cap
+from .voice_cache import VoiceCache
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +52,6 @@ class EngineSettings:
     max_text_chars: int = 20000  # per utterance
     voice_cache_size: int = 32  # voices whose prompt rows, primed codec state and prefix KV are kept
     cache_prefix_kv: bool = True  # per voice: ~112 KiB per prefix position at 0.6B/1.7B in bf16
-
-
-@dataclass
-class _VoiceState:
-    """What a voice costs once, shared by all its streams (cached per voice)."""
-
-    prefix: torch.Tensor  # (L, H) rows prefilled at admission (ICL: + the reference-only block rows)
-    icl: IclRows | None = None
-    icl_start: int = 0  # ICL: block rows [0, icl_start) are in `prefix`; the rest wait for target text
-    codec: CodecStreamState | None = None  # ICL: decoder state primed on the reference codes
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per talker layer: k, v (Hkv, L, D) of `prefix`
 
 
 @dataclass
@@ -112,7 +101,7 @@ class Scheduler:
         self._lock = threading.Lock()  # guards _waiting only
         self._wake = threading.Event()
         self._stop = False
-        self._voice_cache: collections.OrderedDict[tuple, _VoiceState] = collections.OrderedDict()
+        self.voices = VoiceCache(model, settings.voice_cache_size, settings.cache_prefix_kv)
         self.steps = 0
         self.batch_sizes: list[int] = []  # one entry per talker step; trimmed to the last 10k
         # Per-phase timings, filled only when `profile` is set (benchmarks): synchronising costs time.
@@ -188,53 +177,17 @@ class Scheduler:
             admitted = True
         return admitted
 
-    def _voice_state(self, voice: Voice) -> _VoiceState:
-        """The voice's cached prompt rows and primed codec state (built on first use; LRU)."""
-        key = voice.cache_key()
-        state = self._voice_cache.get(key)
-        if state is not None:
-            self._voice_cache.move_to_end(key)
-            return state
-        prefix = self.model.prefix(voice)
-        if voice.icl:
-            assert voice.ref_codes is not None
-            icl = build_icl_rows(self.talker, self.model.config, voice)
-            # Block rows j < R pair reference text with codec rows: no target text. The last block row
-            # is always left to the ICL prefill step: its hidden state gives frame 0.
-            start = min(icl.ref_len, icl.block_len - 1)
-            prefix = torch.cat([prefix, icl.ref_text[:start] + icl.codec[:start]])
-            codec, _ = self.model.primed_codec_state(voice.ref_codes)
-            state = _VoiceState(prefix, icl, start, codec)
-        else:
-            state = _VoiceState(prefix)
-        self._voice_cache[key] = state
-        while len(self._voice_cache) > self.settings.voice_cache_size:
-            self._voice_cache.popitem(last=False)
-        return state
-
     def _prefill_prefix(self, stream: Stream) -> None:
-        voice = self._voice_state(stream.voice)
+        voice = self.voices.get(stream.voice)
         device = self.model.device
         row_index = len(self._rows)
-        length = voice.prefix.shape[0]
-        caches = [layer.self_attn.kv_cache for layer in self.talker.model.layers]
-        if voice.kv is not None:
-            for cache, (k, v) in zip(caches, voice.kv, strict=True):
-                assert cache is not None
-                cache.k[row_index, :, :length].copy_(k)
-                cache.v[row_index, :, :length].copy_(v)
-        else:
-            self.talker(voice.prefix[None], torch.arange(length, device=device)[None],
-                        rows=slice(row_index, row_index + 1))
-            if self.settings.cache_prefix_kv:
-                voice.kv = [(c.k[row_index, :, :length].clone(), c.v[row_index, :, :length].clone())
-                            for c in caches if c is not None]
-        row = _Row(stream=stream, row=row_index, position=length,
+        self.voices.prefill(voice, row_index)
+        row = _Row(stream=stream, row=row_index, position=voice.prefix.shape[0],
                    generator=torch.Generator(device=device).manual_seed(stream.sampling.seed),
                    seen=torch.zeros(self.vocab, dtype=torch.bool, device=device),
                    codec=voice.codec.clone() if voice.codec is not None else self.codec.new_state(),
                    icl=voice.icl, icl_start=voice.icl_start,
-                   text_offset=voice.icl.block_len if voice.icl is not None else 1)
+                   text_offset=voice.text_offset)
         self._rows.append(row)
 
     def _release(self, row: _Row) -> None:

@@ -241,7 +241,7 @@ def test_batched_streams_give_the_official_codes(base: Any) -> None:
         b.finish()
         results = [s.collect()[0] for s in (a, b, c)]
         # equal-content prompts (distinct objects) share one cached voice state
-        assert len(engine.scheduler._voice_cache) == 2
+        assert len(engine.scheduler.voices) == 2
     for frames, case in zip(results, (icl, icl, xvec), strict=True):
         assert np.array_equal(np.stack([f.codes for f in frames]), _data(case)["codes"].astype(np.int64))
 
@@ -291,10 +291,10 @@ def test_a_voice_is_prepared_once_and_reused_exactly(base: Any) -> None:
     expected = _data(case)["codes"].astype(np.int64)
     with Engine(base) as engine:
         first = _stream_codes(engine, _official_prompt(case), _words(case["text"]))
-        (state,) = engine.scheduler._voice_cache.values()
+        (state,) = engine.scheduler.voices.values()
         primed_frames = state.codec.frames.clone()
         second = _stream_codes(engine, _official_prompt(case), _words(case["text"]))
-        assert len(engine.scheduler._voice_cache) == 1
+        assert len(engine.scheduler.voices) == 1
     assert np.array_equal(first, expected) and np.array_equal(second, expected)
     assert torch.equal(state.codec.frames, primed_frames) and int(primed_frames[0]) == case["ref_frames"]
     assert state.kv is not None and state.icl is not None
