@@ -51,7 +51,7 @@ EOS_POLICIES = ("default", "official")
 @dataclass
 class Synthesis:
     codes: torch.Tensor  # (T, 16) int64
-    audio: np.ndarray  # (T * 1920,) float32 in [-1, 1]
+    audio: np.ndarray  # (T * 1920,) float32 in [-1, 1]; ICL: + the 0-1 reference samples the official cut keeps
     ended_by: str  # "eos" | "cap"
     text_ids: list[int]
 
@@ -269,7 +269,9 @@ class TTSModel:
         """ICL waveform as the official wrapper returns it: decode reference + generated codes, cut the
         reference part at its own (float) cut point. Here the exact incremental decoder is primed on the
         reference codes, so the generated audio equals that of one forward over ref + gen; the official
-        cut may fall one sample short of F*1920, and that sample of the reference is kept as it does."""
+        cut may fall one sample short of F*1920, and that sample of the reference is kept as it does.
+        (Past 300 frames of ref + gen the official decode is chunked with 25 frames of left context,
+        which is approximate; this stays exact.)"""
         ref_frames, frames = ref_codes.shape[0], codes.shape[0]
         state, ref_tail = primed if primed is not None else self.primed_codec_state(ref_codes)
         decoder = StreamingCodecDecoder(self.codec)
