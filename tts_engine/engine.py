@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .prompt import validate_voice
+from .prompt import prompt_length, validate_voice
 from .scheduler import EngineSettings, Scheduler
 from .stream import Stream
 from .text import IncrementalTokenizer, load_fast_tokenizer
@@ -36,11 +36,26 @@ class Engine:
                     xvector: torch.Tensor | None = None, *, voice_prompt: VoicePrompt | None = None,
                     greedy: bool = False, seed: int = 0,
                     eos_policy: str = "default", **sampling: Any) -> Stream:
-        """A new utterance. Voice fields are validated here, so a bad voice fails before any text."""
+        """A new utterance. Voice fields are validated here, so a bad voice fails before any text.
+
+        `voice_prompt` (Base checkpoints) clones a voice. An x-vector prompt starts on the first token,
+        like a preset speaker. An ICL prompt (reference codes + transcript) is exact to the official
+        streaming-text ICL mode, which needs the first T2 - R target tokens in the prompt: the stream
+        holds its first frame until it has them or the input is finished (`TTSModel.icl_wait_tokens`,
+        ~9 tokens per second of reference audio); its frames start after the reference (none of the
+        reference audio is emitted)."""
         if eos_policy not in EOS_POLICIES:
             raise ValueError(f"eos_policy must be one of {EOS_POLICIES}")
         voice = self.model.voice(speaker, language, instruct, xvector, voice_prompt)
         validate_voice(self.model.config, voice)  # fail now, in the caller's thread, without torch
+        if voice.icl:
+            assert voice.ref_codes is not None
+            positions = prompt_length(self.model.config, voice, len(self.model.role_ids), 0)
+            if positions > self.settings.max_positions // 2:
+                raise ValueError(f"reference audio too long for this engine: {voice.ref_codes.shape[0]} frames "
+                                 f"make a {positions}-position prompt, over half of max_positions="
+                                 f"{self.settings.max_positions} (prompt + speech per stream); use a shorter "
+                                 f"reference (3-10 s is plenty) or raise max_positions")
         stream = Stream(next(self._ids), voice, self.model.sampling(greedy, seed, **sampling), eos_policy,
                         IncrementalTokenizer(self._fast_tokenizer), self.scheduler.wake,
                         self.settings.max_text_chars)

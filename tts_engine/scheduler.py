@@ -7,6 +7,15 @@ Each iteration:
   3. for the rows that just ran: code 0 (official processors, per-row RNG), the 15 residual codes
      (one batched predictor run), one exact incremental codec step, frames delivered.
 A stream whose next text token has not arrived simply waits: tts_pad is never fed early.
+
+ICL cloning (prompt.py): admission prefills the prefix and the ICL block rows that hold only the
+reference transcript; the rest of the block holds target rows, so the stream waits there until it has
+min(N + 1, T2 - R) of them (T2 - R tokens, or the whole text and its E when it is shorter), then
+prefills the rest of the block in one forward, whose last hidden gives frame 0. Afterwards decode step
+k adds text-track row T2 + k, as in the official streaming-text ICL mode. The stream's codec decoder
+state starts primed on the reference codes (their audio is never emitted).
+Per voice, the prefix rows and KV, the ICL rows and the primed codec state are built once
+(voice_cache.py).
 Live rows stay packed in cache rows [0, n): a leaving stream's row is refilled by the last one.
 Rows that are not ready still ride along in the talker batch with a zero input; their output is
 ignored and the cache slot they wrote is overwritten when they really take that position.
@@ -24,9 +33,11 @@ import numpy as np
 import torch
 
 from .codec_stream import CodecStreamState, StreamingCodecDecoder
+from .prompt import IclRows, icl_block, icl_target_rows
 from .sampling import NEG_INF, draw
 from .stream import Frame, Stream, StreamEnd
 from .tts import TTSModel, runaway_cap
+from .voice_cache import VoiceCache
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +50,8 @@ class EngineSettings:
     frames_per_token: float = 8.0  # runaway guard: frames allowed per text token ...
     cap_slack: int = 40  # ... plus this many
     max_text_chars: int = 20000  # per utterance
+    voice_cache_size: int = 32  # voices whose prompt rows, primed codec state and prefix KV are kept
+    cache_prefix_kv: bool = True  # per voice: ~112 KiB per prefix position at 0.6B/1.7B in bf16
 
 
 @dataclass
@@ -52,10 +65,18 @@ class _Row:
     seen: torch.Tensor  # (V,) bool: codes 0 generated so far (repetition penalty)
     codec: CodecStreamState
     frames: int = 0
-    started: bool = False  # the first target token has been fed
+    started: bool = False  # the prefill is complete (the first target token / the ICL block was fed)
+    icl: IclRows | None = None
+    icl_start: int = 0
+    text_offset: int = 1  # text-track rows the prefill consumes: 1 (first target token), ICL: T2
     hidden: torch.Tensor | None = None  # (H,) last post-norm hidden, awaiting its frame
     frame_embed: torch.Tensor | None = None  # (H,) sum of the last frame's 16 code embeddings
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ref_len(self) -> int:
+        """Reference-transcript rows in front of the target text on the text track (ICL), else 0."""
+        return self.icl.ref_len if self.icl is not None else 0
 
 
 class Scheduler:
@@ -80,7 +101,7 @@ class Scheduler:
         self._lock = threading.Lock()  # guards _waiting only
         self._wake = threading.Event()
         self._stop = False
-        self._prefix_cache: dict[tuple, torch.Tensor] = {}
+        self.voices = VoiceCache(model, settings.voice_cache_size, settings.cache_prefix_kv)
         self.steps = 0
         self.batch_sizes: list[int] = []  # one entry per talker step; trimmed to the last 10k
         # Per-phase timings, filled only when `profile` is set (benchmarks): synchronising costs time.
@@ -156,25 +177,17 @@ class Scheduler:
             admitted = True
         return admitted
 
-    def _voice_key(self, stream: Stream) -> tuple:
-        v = stream.voice
-        return (v.speaker, v.language, v.instruct, None if v.xvector is None else id(v.xvector))
-
     def _prefill_prefix(self, stream: Stream) -> None:
-        key = self._voice_key(stream)
-        prefix = self._prefix_cache.get(key)
-        if prefix is None:
-            prefix = self.model.prefix(stream.voice)
-            if stream.voice.xvector is None:  # x-vectors are per request objects: do not cache by id
-                self._prefix_cache[key] = prefix
+        voice = self.voices.get(stream.voice)
         device = self.model.device
         row_index = len(self._rows)
-        length = prefix.shape[0]
-        self.talker(prefix[None], torch.arange(length, device=device)[None], rows=slice(row_index, row_index + 1))
-        row = _Row(stream=stream, row=row_index, position=length,
+        self.voices.prefill(voice, row_index)
+        row = _Row(stream=stream, row=row_index, position=voice.prefix.shape[0],
                    generator=torch.Generator(device=device).manual_seed(stream.sampling.seed),
                    seen=torch.zeros(self.vocab, dtype=torch.bool, device=device),
-                   codec=self.codec.new_state())
+                   codec=voice.codec.clone() if voice.codec is not None else self.codec.new_state(),
+                   icl=voice.icl, icl_start=voice.icl_start,
+                   text_offset=voice.text_offset)
         self._rows.append(row)
 
     def _release(self, row: _Row) -> None:
@@ -192,13 +205,47 @@ class Scheduler:
     def _next_text_row(self, row: _Row, ids: list[int], finished: bool) -> torch.Tensor | None:
         """The text-track row of the next talker input, or None while it has not arrived."""
         # Before the first frame: the first target token (it rides with codec_bos); after frame f
-        # (frames = f + 1) the input carries token f + 1.
-        wanted = row.frames if row.started else 0
-        if wanted < len(ids):
-            return self.talker.embed_text(torch.tensor([ids[wanted]], device=self.model.device))[0]
-        if not finished or not row.started:
+        # (frames = f + 1) the input carries text-track row f + 1 (ICL: T2 + f).
+        return self._text_track(row, row.text_offset + row.frames - 1 if row.started else 0, ids, finished)
+
+    def _text_track(self, row: _Row, j: int, ids: list[int], finished: bool) -> torch.Tensor | None:
+        """Row j (H,) of [reference transcript (ICL)] ++ target tokens ++ E ++ P..., None if not there yet."""
+        if j < row.ref_len:
+            assert row.icl is not None
+            return row.icl.ref_text[j]
+        token = j - row.ref_len
+        if token < len(ids):
+            return self.talker.embed_text(torch.tensor([ids[token]], device=self.model.device))[0]
+        if not finished or not ids:
             return None
-        return self.model.rows.eos if wanted == len(ids) else self.model.rows.pad
+        return self.model.rows.eos if token == len(ids) else self.model.rows.pad
+
+    def _icl_prefill(self) -> bool:
+        """Prefill the target part of waiting ICL blocks whose rows have all arrived (the ICL wait)."""
+        ran = False
+        device = self.model.device
+        for r in self._rows:
+            if r.icl is None or r.started:
+                continue
+            ids, finished, _ = r.stream.snapshot()
+            if finished and not ids:
+                continue  # nothing to say: retired as "empty"
+            if not finished and len(ids) < icl_target_rows(r.icl.ref_len, r.icl.block_len, None):
+                continue  # the wait: the block holds min(N + 1, T2 - R) target rows (E counts)
+            # Text-track rows from icl_start (<= R) on: the rest of the reference transcript, the target
+            # tokens the block holds, E if the whole text is in; icl_block cuts at T2 and pads with P.
+            n_tokens = min(len(ids), icl_target_rows(r.icl.ref_len, r.icl.block_len, None))
+            tokens = torch.tensor(ids[:n_tokens], dtype=torch.long, device=device)
+            parts = [r.icl.ref_text[r.icl_start:], self.talker.embed_text(tokens)]
+            if finished and n_tokens == len(ids):
+                parts.append(self.model.rows.eos[None])
+            block = icl_block(torch.cat(parts), r.icl, self.model.rows, r.icl_start)  # (T2 - icl_start, H)
+            positions = torch.arange(r.position, r.position + block.shape[0], device=device)[None]
+            r.hidden = self.talker(block[None], positions, rows=slice(r.row, r.row + 1))[0, -1]
+            r.position += block.shape[0]
+            r.started = True
+            ran = True
+        return ran
 
     def _retire_finished_rows(self) -> None:
         """Release rows that were cancelled, had nothing to say, or ran out of positions."""
@@ -218,6 +265,7 @@ class Scheduler:
         n = len(self._rows)
         if n == 0:
             return False
+        prefilled = self._icl_prefill()
         device = self.model.device
         inputs = torch.zeros(n, 1, self.talker.config.hidden_size, device=device,
                              dtype=self.talker.codec_head.weight.dtype)
@@ -225,6 +273,8 @@ class Scheduler:
         for r in self._rows:
             if r.hidden is not None or r.stream.lead() >= self.settings.max_lead_frames:
                 continue
+            if r.icl is not None and not r.started:
+                continue  # the ICL wait (above)
             ids, finished, _ = r.stream.snapshot()
             text = self._next_text_row(r, ids, finished)
             if text is None:
@@ -234,7 +284,7 @@ class Scheduler:
             inputs[r.row, 0] = text + codec_part
             ready.append(r)
         if not ready:
-            return False
+            return prefilled
         positions = torch.tensor([[r.position] for r in self._rows], device=device)
         started = self._clock()
         hidden = self.talker(inputs, positions, rows=slice(0, n))[:, 0]
@@ -254,7 +304,8 @@ class Scheduler:
     def _eos_allowed(self, r: _Row, ids: list[int], finished: bool) -> bool:
         if r.stream.eos_policy == "official":
             return True
-        return finished and r.frames >= len(ids)
+        # E sits on text-track row R + N, fed by decode step R + N - offset: frame R + N + 1 - offset.
+        return finished and r.frames >= r.ref_len + len(ids) + 1 - r.text_offset
 
     def _frame_step(self) -> bool:
         rows = [r for r in self._rows if r.hidden is not None]
@@ -306,13 +357,18 @@ class Scheduler:
             r.frame_embed = frame_embeds[i]
             ids, finished, _ = states[live[i]]
             r.stream.deliver(Frame(index=r.frames, pcm=pcm16[i], codes=codes_np[i],
-                                   text_tokens_consumed=min(r.frames + 1, len(ids))))
+                                   text_tokens_consumed=self._tokens_consumed(r, len(ids))))
             r.frames += 1
             if finished and r.frames >= runaway_cap(len(ids), self.settings.frames_per_token,
                                                     self.settings.cap_slack):
                 r.stream.close(StreamEnd("cap", r.frames))
                 self._release(r)
         return True
+
+    @staticmethod
+    def _tokens_consumed(r: _Row, n_ids: int) -> int:
+        """Target tokens among the text-track rows read up to frame `r.frames` (rows 0..offset+f-1)."""
+        return min(max(r.text_offset + r.frames - r.ref_len, 0), n_ids)
 
     def _clock(self) -> float:
         if self.profile and self.model.device.type == "cuda":

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .codec_stream import CodecStreamState, StreamingCodecDecoder
 from .config import Qwen3TTSConfig, SpeechTokenizerConfig
 from .generate import generate_frames
 from .loading import (
@@ -25,7 +26,17 @@ from .loading import (
 from .model.codec_decoder import CodecDecoder
 from .model.codec_encoder import CodecEncoder
 from .model.qwen3_tts import Qwen3TTS
-from .prompt import TextRows, Voice, build_prefix, first_target_row, non_streaming_body, supported_languages
+from .prompt import (
+    TextRows,
+    Voice,
+    build_icl_rows,
+    build_prefix,
+    first_target_row,
+    icl_layout,
+    icl_target_rows,
+    non_streaming_body,
+    supported_languages,
+)
 from .sampling import SamplingParams
 from .tokenizer import TextTokenizer
 from .voice_prompt import VoicePrompt
@@ -40,7 +51,7 @@ EOS_POLICIES = ("default", "official")
 @dataclass
 class Synthesis:
     codes: torch.Tensor  # (T, 16) int64
-    audio: np.ndarray  # (T * 1920,) float32 in [-1, 1]
+    audio: np.ndarray  # (T * 1920,) float32 in [-1, 1]; ICL: + the 0-1 reference samples the official cut keeps
     ended_by: str  # "eos" | "cap"
     text_ids: list[int]
 
@@ -108,9 +119,9 @@ class TTSModel:
             if voice_prompt.hidden_size != hidden:
                 raise ValueError(f"this voice was cloned for a model of hidden size {voice_prompt.hidden_size}; "
                                  f"this checkpoint has {hidden}: add the voice again with this model")
-            if voice_prompt.icl:
-                raise NotImplementedError("ICL voice prompts are not supported yet")
             xvector = voice_prompt.xvector
+        if xvector is not None and kind != "base":
+            raise ValueError(f"voice cloning needs a Base checkpoint; this one is {kind}")
         if kind == "custom_voice" and not speaker:
             raise ValueError(f"a CustomVoice checkpoint needs a speaker; choose one of {self.speakers}")
         if kind == "base" and xvector is None:
@@ -122,7 +133,41 @@ class TTSModel:
         if instruct and kind == "custom_voice" and self.config.tts_model_size == "0b6":
             log.warning("the 0.6B CustomVoice model ignores style instructions (as the official package does)")
             instruct = None
-        return Voice(speaker=speaker, language=language, instruct=instruct or None, xvector=xvector)
+        ref_ids, ref_codes = None, None
+        if voice_prompt is not None and voice_prompt.icl:
+            ref_ids, ref_codes = self._check_icl(voice_prompt)
+        return Voice(speaker=speaker, language=language, instruct=instruct or None, xvector=xvector,
+                     ref_ids=ref_ids, ref_codes=ref_codes)
+
+    def _check_icl(self, prompt: VoicePrompt) -> tuple[tuple[int, ...], torch.Tensor]:
+        """The reference transcript's ids (official ref template) and the (F, 16) codes, checked."""
+        assert prompt.ref_codes is not None and prompt.ref_text is not None
+        codes = prompt.ref_codes
+        if codes.shape[0] == 0:
+            raise ValueError("ICL voice prompt without reference codes (empty reference audio?)")
+        size = self.speech_config.decoder_config.codebook_size
+        if codes.dtype.is_floating_point or int(codes.min()) < 0 or int(codes.max()) >= size:
+            raise ValueError(f"reference codes must be integers in [0, {size}); this prompt has "
+                             f"{codes.dtype} in [{codes.min().item()}, {codes.max().item()}]")
+        ref_ids = self.tokenizer.ref_ids(prompt.ref_text)
+        if not ref_ids:
+            raise ValueError("the reference transcript is empty: ICL cloning needs the words of the reference")
+        return tuple(ref_ids), codes.long().cpu()
+
+    def icl_wait_tokens(self, voice_prompt: VoicePrompt) -> int:
+        """Target text tokens an ICL stream needs before its prefill, unless its input ends first:
+        T2 - R = F + 1 - R for F reference frames and an R-token transcript (0 for x-vector prompts).
+
+        The official streaming-text ICL layout puts the first T2 - R target rows beside the reference
+        codes in the prompt, so the stream's first frame waits for them (exactly min(N + 1, T2 - R) rows:
+        a reply shorter than that starts at `finish()`). F = 12.5 per second of reference; R is ~3-4
+        tokens per second of English speech, so the wait is ~9 tokens per second of reference: ~27 for
+        3 s (the test fixture: F = 37, R = 11 -> 27), ~90 for 10 s. An LLM streaming 30 tokens/s thus
+        adds ~0.9 s (3 s reference) to ~3 s (10 s) to the first audio; x-vector prompts add nothing."""
+        if voice_prompt.ref_codes is None or voice_prompt.ref_text is None:
+            return 0
+        return icl_target_rows(len(self.tokenizer.ref_ids(voice_prompt.ref_text)),
+                               1 + voice_prompt.ref_codes.shape[0], None)
 
     @property
     def codec_encoder(self) -> CodecEncoder:
@@ -173,7 +218,18 @@ class TTSModel:
         voice = self.voice(speaker, language, instruct, xvector, voice_prompt)
         prefix = self.prefix(voice)
         rows = self.rows
-        if non_streaming:
+        if voice.icl:
+            # Official generate_icl_prompt: [ref ids, target ids] projected together, then E.
+            assert voice.ref_ids is not None
+            icl = build_icl_rows(self.talker, self.config, voice)
+            text = torch.cat([self.talker.embed_text(torch.tensor([*voice.ref_ids, *ids], device=self.device)),
+                              rows.eos[None]])  # (T1, H)
+            block, trailing = icl_layout(text, icl, rows, non_streaming)
+            prefill = torch.cat([prefix, block])
+            # E is fed at decode step R + N - T2 (streaming), so EOS is sensible from the frame after it.
+            eos_from = 0 if eos_policy == "official" or non_streaming else \
+                max(0, icl.ref_len + len(ids) + 1 - icl.block_len)
+        elif non_streaming:
             prefill = torch.cat([prefix, non_streaming_body(self.talker, rows, ids)])
             trailing = rows.pad[None]
             eos_from = 0  # the whole text is in the prompt
@@ -194,4 +250,42 @@ class TTSModel:
         ended_by = frames.ended_by
         if ended_by == "cap" and max_frames is not None and limit == max_frames:
             ended_by = "max_frames"
-        return Synthesis(codes=frames.codes, audio=self.decode(frames.codes), ended_by=ended_by, text_ids=ids)
+        audio = self.decode_after_reference(voice.ref_codes, frames.codes) if voice.icl else \
+            self.decode(frames.codes)
+        return Synthesis(codes=frames.codes, audio=audio, ended_by=ended_by, text_ids=ids)
+
+    @torch.no_grad()
+    def primed_codec_state(self, ref_codes: torch.Tensor) -> tuple[CodecStreamState, torch.Tensor]:
+        """Incremental-decoder state after the reference codes (F, 16), and the reference audio's last
+        frame (1920,) (the official cut may keep its final sample). Depends on the voice only: cacheable."""
+        decoder = StreamingCodecDecoder(self.codec)
+        state = decoder.new_state()
+        ref_audio = decoder.decode_step(ref_codes.to(self.device).T[None].clamp(min=0), state)  # (1, F*1920)
+        return state, ref_audio[0, -SAMPLES_PER_FRAME:].clone()
+
+    @torch.no_grad()
+    def decode_after_reference(self, ref_codes: torch.Tensor, codes: torch.Tensor,
+                               primed: tuple[CodecStreamState, torch.Tensor] | None = None) -> np.ndarray:
+        """ICL waveform as the official wrapper returns it: decode reference + generated codes, cut the
+        reference part at its own (float) cut point. Here the exact incremental decoder is primed on the
+        reference codes, so the generated audio equals that of one forward over ref + gen; the official
+        cut may fall one sample short of F*1920, and that sample of the reference is kept as it does.
+        (Past 300 frames of ref + gen the official decode is chunked with 25 frames of left context,
+        which is approximate; this stays exact.)"""
+        ref_frames, frames = ref_codes.shape[0], codes.shape[0]
+        state, ref_tail = primed if primed is not None else self.primed_codec_state(ref_codes)
+        decoder = StreamingCodecDecoder(self.codec)
+        gen = decoder.decode_step(codes.to(self.device).T[None].clamp(min=0), state.clone())[0] if frames else \
+            ref_tail[:0]
+        cut = official_reference_cut(ref_frames, ref_frames + frames)
+        kept = ref_frames * SAMPLES_PER_FRAME - cut  # reference samples the official output starts with
+        if not 0 <= kept <= SAMPLES_PER_FRAME:
+            raise AssertionError(f"unexpected official cut {cut} for {ref_frames} reference frames")
+        wav = torch.cat([ref_tail[SAMPLES_PER_FRAME - kept:], gen])
+        return wav.float().cpu().numpy()
+
+
+def official_reference_cut(ref_frames: int, total_frames: int) -> int:
+    """The sample where the official generate_voice_clone cuts the decoded reference off:
+    int(ref_len / total_len * n_samples) in float64, which is F*1920 or, for some (F, total), one less."""
+    return int(ref_frames / max(total_frames, 1) * (total_frames * SAMPLES_PER_FRAME))

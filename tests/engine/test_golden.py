@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tests.reference.golden import CHECKPOINTS, GOLDEN_DIR, MANIFEST, changed_tensors, checkpoint_fingerprint
+from tts_engine.voice_prompt import VoicePrompt
 
 WAVE_TOL = 1e-4
 
@@ -48,11 +49,22 @@ def golden_model(tiny_checkpoint: Callable[..., Path], tiny_model: Callable[...,
     return get
 
 
+def _voice(case: dict[str, Any], data: Any) -> dict[str, Any]:
+    """Voice arguments: the official prompt of a cloning case (x-vector, ICL codes + transcript), or the
+    raw official x-vector of the synthetic-signal case."""
+    if "xvector" not in data.files:
+        return {}
+    xvector = torch.from_numpy(data["xvector"])
+    if not case.get("clone"):
+        return {"xvector": xvector}
+    ref_codes = torch.from_numpy(data["ref_codes"].astype(np.int64)) if "ref_codes" in data.files else None
+    return {"voice_prompt": VoicePrompt(xvector, ref_codes, case["ref_text"] if ref_codes is not None else None)}
+
+
 def _synthesize(model: Any, case: dict[str, Any], data: Any) -> Any:
-    xvector = torch.from_numpy(data["xvector"]) if "xvector" in data.files else None
     return model.synthesize(case["text"], speaker=case["speaker"], language=case["language"],
-                            instruct=case["instruct"], xvector=xvector, non_streaming=case["non_streaming"],
-                            greedy=True, seed=0, max_frames=case["max_new_tokens"] - 1, eos_policy="official")
+                            instruct=case["instruct"], non_streaming=case["non_streaming"], greedy=True, seed=0,
+                            max_frames=case["max_new_tokens"] - 1, eos_policy="official", **_voice(case, data))
 
 
 def _first_difference(ours: np.ndarray, ref: np.ndarray) -> str:
@@ -100,7 +112,8 @@ def test_codes_and_audio_match_official(golden_model: Callable[..., Any], case: 
         assert out.ended_by == "eos", out.ended_by
     elif not official_eos:
         assert out.ended_by != "eos", out.ended_by
-    assert out.audio.dtype == np.float32 and out.audio.shape == (len(ref_codes) * 1920,)
+    # ICL: the official cut may keep the reference's last sample (case["cut_samples"]).
+    assert out.audio.dtype == np.float32 and out.audio.shape == (case["audio_samples"],)
     if ref_audio is not None:
         diff = float(np.max(np.abs(out.audio - ref_audio))) if ref_audio.size else 0.0
         assert diff <= WAVE_TOL, f"waveform max |diff| vs official = {diff:.3g} > {WAVE_TOL}"
@@ -131,10 +144,9 @@ def test_streaming_engine_fed_char_by_char_matches_official(golden_model: Callab
 
     model = golden_model(case["checkpoint"])
     data = np.load(GOLDEN_DIR / case["file"])
-    xvector = torch.from_numpy(data["xvector"]) if "xvector" in data.files else None
     with Engine(model) as engine:
-        stream = engine.open_stream(case["speaker"], case["language"], case["instruct"], xvector,
-                                    greedy=True, eos_policy="official")
+        stream = engine.open_stream(case["speaker"], case["language"], case["instruct"], greedy=True,
+                                    eos_policy="official", **_voice(case, data))
         for char in case["text"]:
             stream.push_text(char)
         stream.finish()

@@ -2,15 +2,18 @@
 
     python run_official.py golden --spec SPEC.json --out DIR
         SPEC: {"checkpoints": {NAME: DIR}, "cases": [{"name", "checkpoint", "text", "speaker", "language",
-               "instruct", "non_streaming", "max_new_tokens", "save_audio", "xvector_signal"}]}
-        writes DIR/<case>.npz (codes, input_ids, [instruct_ids], [audio], [xvector]) and DIR/results.json.
+               "instruct", "non_streaming", "max_new_tokens", "save_audio", "xvector_signal",
+               "clone" (null | "xvector" | "icl"), "ref_audio", "ref_text"}]}
+        writes DIR/<case>.npz (codes, input_ids, [instruct_ids], [audio], [xvector], [ref_codes, ref_ids])
+        and DIR/results.json. ICL audio is what the wrapper returns: the reference part already cut.
     python run_official.py check-load DIR [DIR ...]
         loads each checkpoint with Qwen3TTSModel.from_pretrained and runs one short greedy generate;
         prints one JSON object {DIR: {"kind", "frames", ...}} as the last line of stdout; exits non-zero
         on the first failure.
 
 Decoding is greedy (do_sample=False, subtalker_dosample=False) through the official public API
-(generate_custom_voice / generate_voice_design / generate_voice_clone with an x-vector-only prompt); the
+(generate_custom_voice / generate_voice_design / generate_voice_clone, with an x-vector-only prompt made
+from a synthetic signal, or with create_voice_clone_prompt on a reference WAV: x-vector only or ICL); the
 official logits processors stay (repetition penalty 1.05, min_new_tokens 2, suppressed control ids).
 `model.generate` and `talker.generate` are wrapped, not replaced, to capture the codes and the sampled
 code-0 sequence; the waveform is one full forward of the official codec decoder.
@@ -111,6 +114,17 @@ def run_case(wrapper: Any, recorder: Recorder, path: str, case: dict[str, Any]) 
         wavs, sr = wrapper.generate_custom_voice(speaker=case["speaker"], instruct=case.get("instruct"), **common)
     elif kind == "voice_design":
         wavs, sr = wrapper.generate_voice_design(instruct=case.get("instruct") or "", **common)
+    elif kind == "base" and case.get("clone"):
+        # The user-facing path: a prompt from a reference recording, then generate_voice_clone with it.
+        icl = case["clone"] == "icl"
+        items = wrapper.create_voice_clone_prompt(ref_audio=str(Path(case["ref_audio"]).resolve()),
+                                                  ref_text=case["ref_text"] if icl else None,
+                                                  x_vector_only_mode=not icl)
+        item = items[0]
+        arrays["xvector"] = item.ref_spk_embedding.detach().float().cpu().numpy().astype(np.float32)
+        if icl:
+            arrays["ref_codes"] = item.ref_code.detach().cpu().numpy().astype(np.int16)  # (F, 16)
+        wavs, sr = wrapper.generate_voice_clone(voice_clone_prompt=items, **common)
     elif kind == "base":
         xvec = speaker_xvector(wrapper, case["xvector_signal"])
         arrays["xvector"] = xvec.numpy().astype(np.float32)
@@ -134,6 +148,11 @@ def run_case(wrapper: Any, recorder: Recorder, path: str, case: dict[str, Any]) 
     checks = [(case["text"], text_ids)]
     if instruct is not None:
         checks.append((f"<|im_start|>user\n{case['instruct']}<|im_end|>\n", arrays["instruct_ids"].tolist()))
+    ref_ids = None
+    if "ref_codes" in arrays:  # ICL: <|im_start|>assistant\n REF <|im_end|>\n, sliced [3:-2] officially
+        ref_ids = call["kwargs"]["ref_ids"][0][0].cpu().tolist()[3:-2]
+        arrays["ref_ids"] = np.asarray(ref_ids, dtype=np.int64)
+        checks.append((case["ref_text"], ref_ids))
     for text, official_ids in checks:
         for source, ids in own_tokenizer_ids(path, text).items():
             if ids != official_ids:
@@ -141,10 +160,21 @@ def run_case(wrapper: Any, recorder: Recorder, path: str, case: dict[str, Any]) 
                                      f"{ids} for {text!r} (fix_mistral_regex swap? avoid camel-case)")
 
     # The official decode is chunked (300 frames, 25 of left context); one chunk = one full forward.
+    # ICL: the wrapper decodes reference + generated codes and cuts the reference part (recomputed here
+    # with its own formula, on one full forward).
     decoder = wrapper.model.speech_tokenizer.model.decoder
+    ref_frames = int(arrays["ref_codes"].shape[0]) if "ref_codes" in arrays else 0
+    decoded = torch.cat([torch.from_numpy(arrays["ref_codes"].astype(np.int64)), codes]) if ref_frames else codes
+    cut = 0
     with torch.no_grad():
-        full = decoder(codes.T[None].clamp(min=0)).squeeze(0).squeeze(0).float().numpy() if len(codes) else \
-            np.zeros(0, np.float32)
+        if len(codes):
+            full = decoder(decoded.T[None].clamp(min=0)).squeeze(0).squeeze(0).float().numpy()
+            if ref_frames:
+                cut = int(ref_frames / max(len(decoded), 1) * full.shape[0])
+                full = full[cut:]
+        else:
+            full = np.zeros(0, np.float32)
+    assert full.shape == wavs[0].shape, (full.shape, wavs[0].shape)
     api_vs_full = float(np.max(np.abs(full - wavs[0]))) if len(codes) else 0.0
     if case.get("save_audio"):
         arrays["audio"] = full.astype(np.float32)
@@ -159,6 +189,9 @@ def run_case(wrapper: Any, recorder: Recorder, path: str, case: dict[str, Any]) 
         "text_ids": text_ids,
         "instruct_ids": arrays["instruct_ids"].tolist() if "instruct_ids" in arrays else None,
         "audio_samples": int(full.shape[0]),
+        "ref_ids": ref_ids,
+        "ref_frames": ref_frames,
+        "cut_samples": cut,
         "api_vs_full_decode_max_abs": api_vs_full,
     }
     return meta, arrays
