@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference.live import run_reference_script
 from tts_engine.model.codec_decoder import CodecDecoder, init_random_, tiny_codec_decoder_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -48,8 +49,10 @@ def test_state_dict_names_and_shapes_are_official(decoder: CodecDecoder) -> None
     fresh.load_state_dict(decoder.state_dict(), strict=True)
 
 
-def test_matches_official_forward(decoder: CodecDecoder) -> None:
-    golden = np.load(FIXTURES / "codec_decoder_tiny_official.npz")
+def test_matches_official_forward(decoder: CodecDecoder, tmp_path: Path) -> None:
+    """Against the official decoder run now, on this machine: its own output moves ~1e-5 between CPUs."""
+    run_reference_script("make_codec_decoder_fixtures.py", str(tmp_path))
+    golden = np.load(tmp_path / "codec_decoder_tiny_official.npz")
     codes = torch.from_numpy(golden["codes"].astype(np.int64))[None]  # (1, 16, 80): past the 72-frame window
     with torch.inference_mode():
         wav = decoder(codes)[0, 0, :: int(golden["stride"])].numpy()

@@ -1,6 +1,6 @@
 """Fixtures for tests/engine/test_codec_decoder.py, from the official decoder. Runs INSIDE the reference venv.
 
-    PYTHONPATH=. <ref-venv>/bin/python tests/reference/make_codec_decoder_fixtures.py
+    PYTHONPATH=. <ref-venv>/bin/python tests/reference/make_codec_decoder_fixtures.py [OUT_DIR]
 
 Writes (tiny config of tts_engine.model.codec_decoder):
 - tests/fixtures/codec_decoder_keys_tiny.json: the official Qwen3TTSTokenizerV2Decoder's state_dict
@@ -34,7 +34,7 @@ def main() -> None:
 
     from tts_engine.model.codec_decoder import CodecDecoder, init_random_, tiny_codec_decoder_config
 
-    out_dir = HERE.parent / "fixtures"
+    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parent / "fixtures"  # tests: a temp dir
     cfg = tiny_codec_decoder_config()
     official = Qwen3TTSTokenizerV2Decoder(
         Qwen3TTSTokenizerV2DecoderConfig(**cfg.to_dict(), attn_implementation="sdpa")).eval()

@@ -1,7 +1,7 @@
 """Write tests/fixtures/speaker_encoder.json from the OFFICIAL speaker encoder and mel. Runs INSIDE the
 reference venv (tests/reference/build_env.sh), from the repo root:
 
-    REF/bin/python tests/reference/speaker_encoder_fixture.py
+    REF/bin/python tests/reference/speaker_encoder_fixture.py [OUT.json]
 
 Records: the official `Qwen3TTSSpeakerEncoder` parameter names and shapes (tiny and released sizes); the
 librosa Slaney filterbank (non-zero entries) and the official log-mel of a short synthetic clip; the
@@ -77,8 +77,9 @@ def main() -> None:
         "xvector": {"seed": SEED, "config": tiny.to_dict(), "signal": XVECTOR_SIGNAL,
                     "values": _f32(xvector.tolist())},
     }
-    OUT.write_text(json.dumps(fixture, separators=(",", ":")) + "\n")
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT  # tests run it into a temp file (reference/live.py)
+    out.write_text(json.dumps(fixture, separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":
