@@ -22,7 +22,6 @@ import http
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from .connection import Connection
 from .metrics import Metrics
 from .session import ModelInfo, Session
 from .settings import ServerSettings
+from .signals import wait_for_stop_signal
 
 if TYPE_CHECKING:
     from tts_engine.engine import Engine
@@ -164,15 +164,9 @@ class Server:
         await self.start()
         if on_started is not None:
             on_started(self)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await wait_for_stop_signal()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
             log.info("shutting down")
             await self.shutdown()
 

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from wyoming.tts import (
 
 from .session import ModelInfo
 from .settings import FRAME_MS, SAMPLE_RATE
+from .signals import wait_for_stop_signal
 from .wyoming_voices import DEFAULT_VOICE, ResolvedVoice, VoiceError, language_name, resolve, tts_program
 
 if TYPE_CHECKING:
@@ -340,13 +340,8 @@ class WyomingService:
         await self.start()
         if on_started is not None:
             on_started(self)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await wait_for_stop_signal()
         finally:
             await self.stop()
 

@@ -202,6 +202,25 @@ def engine(tiny_checkpoint: Callable[..., Path]) -> Iterator[Any]:
     eng.close()
 
 
+@contextlib.contextmanager
+def serve_checkpoint(checkpoint: Path, name: str, *, voices_dir: Path | None = None, max_streams: int = 2,
+                     rtc_settings: Any = None, on_thread_start: Callable[[], None] | None = None
+                     ) -> Iterator[ServerThread]:
+    """A server with an engine of its own on `checkpoint` (e.g. a Base model with saved voices)."""
+    from tts_engine.engine import Engine
+    from tts_engine.loading import load_model
+    from tts_engine.scheduler import EngineSettings
+
+    engine = Engine(load_model(checkpoint, device="cpu"), EngineSettings(max_streams=max_streams))
+    srv = ServerThread(engine, ServerSettings(port=0, voices_dir=voices_dir), name=name, rtc_settings=rtc_settings,
+                       on_thread_start=on_thread_start)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        engine.close()
+
+
 def loopback_rtc() -> Any:
     """WebRTC on 127.0.0.1 only (no interface addresses, no STUN)."""
     from agent.rtc import RtcSettings

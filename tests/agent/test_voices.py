@@ -25,7 +25,7 @@ from agent.settings import ServerSettings
 from agent.voices import VoiceError, VoiceRegistry
 from tts_engine.voice_prompt import load_voice_prompt
 
-from .conftest import ServerThread, session_client
+from .conftest import ServerThread, serve_checkpoint, session_client
 from .voice_helpers import dir_state, encode, espeak_wav, read_float, sox, write_float_wav
 
 REPO = Path(__file__).resolve().parents[2]
@@ -335,15 +335,8 @@ def base_voices(base: Any, refs: dict[str, Path], tmp_path_factory: pytest.TempP
 
 @pytest.fixture(scope="module")
 def base_server(tiny_checkpoint: Callable[..., Path], base_voices: Path) -> Iterator[ServerThread]:
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
-
-    engine = Engine(load_model(tiny_checkpoint("base"), device="cpu"), EngineSettings(max_streams=2))
-    srv = ServerThread(engine, ServerSettings(port=0, voices_dir=base_voices), name="tiny-base")
-    yield srv
-    srv.stop()
-    engine.close()
+    with serve_checkpoint(tiny_checkpoint("base"), "tiny-base", voices_dir=base_voices) as srv:
+        yield srv
 
 
 async def test_session_speaks_with_a_saved_voice(base_server: ServerThread, base: Any, base_voices: Path) -> None:

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from agent.settings import ServerSettings
 from agent.voices import VoiceRegistry
 
-from .conftest import ServerThread, session_client
+from .conftest import ServerThread, serve_checkpoint, session_client
 from .voice_helpers import espeak_wav, sox
 
 TRANSCRIPT = "This is a short reference recording for a cloned voice, made by a speech synthesizer."
@@ -44,15 +43,8 @@ def test_icl_prompt_synthesizes_and_differs_from_xvector(tiny_model: Callable[..
 
 @pytest.fixture(scope="module")
 def icl_server(tiny_checkpoint: Callable[..., Path], icl_voices: Path) -> Iterator[ServerThread]:
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
-
-    engine = Engine(load_model(tiny_checkpoint("base"), device="cpu"), EngineSettings(max_streams=2))
-    srv = ServerThread(engine, ServerSettings(port=0, voices_dir=icl_voices), name="tiny-base")
-    yield srv
-    srv.stop()
-    engine.close()
+    with serve_checkpoint(tiny_checkpoint("base"), "tiny-base", voices_dir=icl_voices) as srv:
+        yield srv
 
 
 async def test_session_with_an_icl_voice(icl_server: ServerThread, tiny_model: Callable[..., Any],

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.agent.conftest import ServerThread, loopback_rtc
+from tests.agent.conftest import ServerThread, loopback_rtc, serve_checkpoint
 
 from .netns import LoopbackNamespace
 
@@ -77,22 +77,17 @@ def web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThre
 def web_base_server(tiny_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory,
                     netns: LoopbackNamespace) -> Iterator[ServerThread]:
     """A tiny Base checkpoint with one saved (cloned) voice, "alice", made from espeak-ng speech."""
-    from agent.settings import ServerSettings
     from agent.voices import VoiceRegistry
     from tests.agent.voice_helpers import espeak_wav
-    from tts_engine.engine import Engine
     from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
 
-    model = load_model(tiny_checkpoint("base"), device="cpu")
+    checkpoint = tiny_checkpoint("base")
     voices = tmp_path_factory.mktemp("web-voices")
-    VoiceRegistry(voices).add_cloned("alice", model, espeak_wav(voices.parent / "alice-ref.wav"), language="english")
-    eng = Engine(model, EngineSettings(max_streams=4))
-    srv = ServerThread(eng, ServerSettings(port=0, voices_dir=voices), name="tiny-base", rtc_settings=loopback_rtc(),
-                       on_thread_start=netns.enter_this_thread)
-    yield srv
-    srv.stop()
-    eng.close()
+    VoiceRegistry(voices).add_cloned("alice", load_model(checkpoint, device="cpu"),
+                                     espeak_wav(voices.parent / "alice-ref.wav"), language="english")
+    with serve_checkpoint(checkpoint, "tiny-base", voices_dir=voices, max_streams=4, rtc_settings=loopback_rtc(),
+                          on_thread_start=netns.enter_this_thread) as srv:
+        yield srv
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 48000) -> Path:
