@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tts_engine.checkpoint import make_checkpoint
+from tts_engine.checkpoint import make_checkpoint, model_config
 from tts_engine.loading import (
     CheckpointError,
     load_codec_decoder,
@@ -15,6 +15,7 @@ from tts_engine.loading import (
     load_qwen3_tts,
     load_speech_tokenizer_config,
 )
+from tts_engine.model.qwen3_tts import Qwen3TTS
 
 LAYOUT = ["config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
           "tokenizer_config.json", "speech_tokenizer/config.json", "speech_tokenizer/model.safetensors",
@@ -33,20 +34,35 @@ def test_tiny_checkpoint_layout_and_strict_load(tiny_checkpoint, kind: str) -> N
     assert model.config.talker_config.codec_eos_token_id == 2150
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("size", "kind"), [  # the released checkpoints (there is no 0.6B VoiceDesign)
-    ("0.6b", "custom_voice"), ("0.6b", "base"), ("1.7b", "custom_voice"), ("1.7b", "base"), ("1.7b", "voice_design")])
-def test_real_size_checkpoints_load_strictly_on_meta(tmp_path: Path, size: str, kind: str) -> None:
-    path = make_checkpoint(tmp_path / "ckpt", size, kind, seed=0)
-    cfg = load_model_config(path)
-    hidden = 2048 if size == "1.7b" else 1024
-    assert cfg.talker_config.hidden_size == hidden and cfg.talker_config.num_hidden_layers == 28
-    model = load_qwen3_tts(path, cfg, torch.float32, torch.device("cpu"), meta=True)
+RELEASED = [("0.6b", "custom_voice"), ("0.6b", "base"), ("1.7b", "custom_voice"), ("1.7b", "base"),
+            ("1.7b", "voice_design")]  # there is no 0.6B VoiceDesign
+
+
+def _check_real_size(model: Qwen3TTS, size: str, kind: str) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     expected = {"0.6b": 906e6, "1.7b": 1917e6}[size] + (0 if kind != "base" else (8.9e6 if size == "0.6b" else 12e6))
     assert abs(n_params - expected) / expected < 0.02, n_params
     projection = model.talker.code_predictor.small_to_mtp_projection
     assert isinstance(projection, torch.nn.Linear) == (size == "1.7b")
+
+
+@pytest.mark.parametrize(("size", "kind"), RELEASED)
+def test_real_size_configs_have_the_released_shapes(size: str, kind: str) -> None:
+    """Every released size/kind, on the meta device (no weights written: seconds, not minutes)."""
+    cfg = model_config(size, kind)
+    assert cfg.talker_config.hidden_size == (2048 if size == "1.7b" else 1024)
+    assert cfg.talker_config.num_hidden_layers == 28
+    with torch.device("meta"):
+        _check_real_size(Qwen3TTS(cfg), size, kind)
+
+
+@pytest.mark.slow
+def test_real_size_checkpoint_is_written_and_loads_strictly(tmp_path: Path) -> None:
+    """One real-size checkpoint end to end (the bench default, with the speaker encoder of Base)."""
+    path = make_checkpoint(tmp_path / "ckpt", "0.6b", "base", seed=0)
+    cfg = load_model_config(path)
+    model = load_qwen3_tts(path, cfg, torch.float32, torch.device("cpu"), meta=True)
+    _check_real_size(model, "0.6b", "base")
     load_codec_decoder(path, load_speech_tokenizer_config(path), torch.float32, torch.device("cpu"))
 
 
