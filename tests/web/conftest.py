@@ -63,12 +63,17 @@ def netns() -> Iterator[LoopbackNamespace]:
         yield ns
 
 
-@pytest.fixture(scope="session")
-def web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThread]:
+def server_in(ns: LoopbackNamespace, engine: Any) -> ServerThread:
+    """A server on `engine` whose sockets (HTTP, WebSocket, WebRTC) live in the namespace `ns`."""
     from agent.settings import ServerSettings
 
-    srv = ServerThread(web_engine, ServerSettings(port=0), rtc_settings=loopback_rtc(),
-                       on_thread_start=netns.enter_this_thread)
+    return ServerThread(engine, ServerSettings(port=0), rtc_settings=loopback_rtc(),
+                        on_thread_start=ns.enter_this_thread)
+
+
+@pytest.fixture(scope="session")
+def web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThread]:
+    srv = server_in(netns, web_engine)
     yield srv
     srv.stop()
 

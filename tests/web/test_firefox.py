@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from tests.agent.conftest import ServerThread, loopback_rtc
+from tests.agent.conftest import ServerThread
 
 from .bidi import BiDiSession
+from .conftest import server_in
 from .netns import LoopbackNamespace
 
 FIREFOX_PREFS = {
@@ -72,10 +73,7 @@ def firefox_netns() -> Iterator[LoopbackNamespace]:
 @pytest.fixture(scope="module")
 def firefox_server(web_engine: Any, firefox_netns: LoopbackNamespace) -> Iterator[ServerThread]:
     """The server of the Chromium tests' engine, listening in Firefox's namespace."""
-    from agent.settings import ServerSettings
-
-    srv = ServerThread(web_engine, ServerSettings(port=0), rtc_settings=loopback_rtc(),
-                       on_thread_start=firefox_netns.enter_this_thread)
+    srv = server_in(firefox_netns, web_engine)
     yield srv
     srv.stop()
 
