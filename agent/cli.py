@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:  # bad input: one clear line
+    except (ValueError, FileNotFoundError) as exc:  # CheckpointError and bad input: one clear line
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

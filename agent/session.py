@@ -183,7 +183,7 @@ class Session:
         try:
             v = self.engine.model.voice(**self._stream_args(voice))
             validate_voice(self.engine.model.config, v)
-        except (ValueError, NotImplementedError) as exc:  # NotImplementedError: ICL before the engine has it
+        except ValueError as exc:
             raise ProtocolError(protocol.INVALID_VOICE, str(exc), msg_id) from None
 
     def _check_vad(self, vad: dict[str, Any], msg_id: str | None) -> None:

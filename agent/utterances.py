@@ -237,7 +237,7 @@ class UtteranceQueue:
         v = utt.voice = VoiceConfig(**vars(self.voice()))
         try:
             stream = self.engine.open_stream(**self.stream_args(v), greedy=v.greedy, seed=v.seed)
-        except (ValueError, NotImplementedError) as exc:
+        except ValueError as exc:
             self._report_error(protocol.INVALID_VOICE, f"utterance {utt.id}: {exc}")
             self.interrupt(utt, "error")
             return False

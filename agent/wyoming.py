@@ -182,7 +182,7 @@ class WyomingHandler(AsyncEventHandler):
             return self.service.open_stream(voice)
         except VoiceError as exc:
             await self._error(exc.code, str(exc))
-        except (ValueError, NotImplementedError) as exc:  # the engine refused the voice (e.g. ICL not built yet)
+        except ValueError as exc:  # the engine refused the voice
             await self._error("invalid_voice", str(exc))
         return None
 

@@ -230,11 +230,12 @@ class Scheduler:
             ids, finished, _ = r.stream.snapshot()
             if finished and not ids:
                 continue  # nothing to say: retired as "empty"
-            if not finished and len(ids) < icl_target_rows(r.icl.ref_len, r.icl.block_len, None):
+            wanted = icl_target_rows(r.icl.ref_len, r.icl.block_len, None)  # T2 - R
+            if not finished and len(ids) < wanted:
                 continue  # the wait: the block holds min(N + 1, T2 - R) target rows (E counts)
             # Text-track rows from icl_start (<= R) on: the rest of the reference transcript, the target
             # tokens the block holds, E if the whole text is in; icl_block cuts at T2 and pads with P.
-            n_tokens = min(len(ids), icl_target_rows(r.icl.ref_len, r.icl.block_len, None))
+            n_tokens = min(len(ids), wanted)
             tokens = torch.tensor(ids[:n_tokens], dtype=torch.long, device=device)
             parts = [r.icl.ref_text[r.icl_start:], self.talker.embed_text(tokens)]
             if finished and n_tokens == len(ids):

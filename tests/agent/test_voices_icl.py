@@ -1,6 +1,5 @@
-"""ICL voices end to end (reference codes + transcript in the prompt). These need the engine half of issue 6
-(exact ICL cloning in tts_engine/); before it merges, `TTSModel.voice` raises NotImplementedError for ICL
-prompts and these tests fail by design."""
+"""ICL voices end to end (reference codes + transcript in the prompt): saved by the registry, spoken by a
+server session and by the engine."""
 
 from __future__ import annotations
 
