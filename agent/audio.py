@@ -110,14 +110,6 @@ def fade_out(pcm: np.ndarray) -> np.ndarray:
     return (pcm.astype(np.float32) * ramp).astype(np.int16)
 
 
-def rms_dbfs(pcm: np.ndarray) -> float:
-    """Level of int16 PCM in dBFS (-inf for digital silence)."""
-    if len(pcm) == 0:
-        return float("-inf")
-    ms = float(np.mean(pcm.astype(np.float64) ** 2))
-    return float("-inf") if ms == 0.0 else 10.0 * np.log10(ms / 32768.0**2)
-
-
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """A 16-bit PCM WAV file as (int16 mono samples, sample rate); stereo is averaged."""
     with wave.open(str(path), "rb") as wav:

@@ -49,6 +49,7 @@ class ReferenceAudio:
 
 
 def dbfs(samples: np.ndarray) -> float:
+    """RMS level in dBFS of float samples in [-1, 1] (-inf for digital silence or no samples)."""
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
     return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 

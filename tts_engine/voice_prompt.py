@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from .files import atomic_file
 
 FORMAT = "voicegate.voice_prompt/1"
 
@@ -53,21 +54,15 @@ class VoicePrompt:
 
 
 def save_voice_prompt(path: str | os.PathLike[str], prompt: VoicePrompt, metadata: dict[str, Any]) -> Path:
-    """Write atomically (temp file in the same directory, then rename): a reader never sees half a file."""
+    """Write atomically (`atomic_file`)."""
     path = Path(path)
     tensors = {"xvector": prompt.xvector.detach().float().cpu().contiguous()}
     if prompt.ref_codes is not None:
         tensors["ref_codes"] = prompt.ref_codes.detach().long().cpu().contiguous()
     meta = {**metadata, "ref_text": prompt.ref_text}
     header = {"format": FORMAT, "metadata": json.dumps(meta, ensure_ascii=False)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
