@@ -103,7 +103,6 @@ class StreamingCodecDecoder:
                  for k, shape in self._tail_shapes().items()}
         return CodecStreamState(torch.zeros(batch, dtype=torch.long, device=ref.device), tails)
 
-    @torch.inference_mode()
     def decode_step(self, codes: torch.Tensor, state: CodecStreamState) -> torch.Tensor:
         """codes (B, 16, n) -> samples (B, n*1920) of the n new frames, clamped to [-1, 1].
 
@@ -135,11 +134,13 @@ class StreamingCodecDecoder:
         state.tails, state.frames = new, state.frames + n
         return hidden.clamp(min=-1.0, max=1.0)[:, 0]  # (B, n*1920)
 
+    @torch.no_grad()
     def prime(self, codes: torch.Tensor, state: CodecStreamState) -> None:
         """Run reference codes (B, 16, n) through the state, discarding their audio (voice cloning):
         the following steps continue as if the reference had been decoded in front of them."""
         self.decode_step(codes, state)
 
+    @torch.no_grad()
     def step(self, states: Sequence[CodecStreamState], codes: torch.Tensor) -> torch.Tensor:
         """One batched step over independent streams: codes (B, 16) or (B, 16, n), states[b] is row b.
 

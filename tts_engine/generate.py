@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from .model.talker import Talker
-from .sampling import CodeZeroProcessor, SamplingParams, draw
+from .rng import CODE0_DRAW, counter_uniform
+from .sampling import SamplingParams, choose, process_code0, suppressed_ids
 
 
 @dataclass
@@ -41,25 +42,36 @@ def generate_frames(talker: Talker, prefill: torch.Tensor, text_row: Callable[[i
     length = prefill.shape[0]
     if talker.model.max_seq < length + max_frames or talker.model.max_batch < 1:
         talker.setup_cache(1, length + max_frames)
-    generator = torch.Generator(device=device).manual_seed(params.seed)
-    processor = CodeZeroProcessor(talker.config.vocab_size, eos_id, params, 1, device)
+    p = params
+    seen = torch.zeros(1, talker.config.vocab_size, dtype=torch.bool, device=device)
+    suppressed = suppressed_ids(talker.config.vocab_size, eos_id, device)
+    seed = torch.tensor([p.seed], device=device)
 
-    def choose_residual(logits: torch.Tensor, step: int) -> torch.Tensor:
-        return draw(logits, [generator], params.sub_greedy, params.sub_temperature, params.sub_top_k,
-                    params.sub_top_p)
+    def row(value: float | int | bool, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor([value], dtype=dtype, device=device)
+
+    code0_settings = (row(p.greedy, torch.bool), row(p.temperature, torch.float32), row(p.top_k, torch.long),
+                      row(p.top_p, torch.float32))
+    residual_settings = (row(p.sub_greedy, torch.bool), row(p.sub_temperature, torch.float32),
+                         row(p.sub_top_k, torch.long), row(p.sub_top_p, torch.float32))
+    penalty = row(p.repetition_penalty, torch.float32)
 
     hidden = talker(prefill[None], torch.arange(length, device=device)[None], aligned=True)[:, -1]  # (1, H)
     frames: list[torch.Tensor] = []
     ended_by = "cap"
     for frame in range(max_frames):
-        frames_done = torch.tensor([frame], device=device)
-        eos_ok = torch.tensor([frame >= eos_allowed_from], device=device)
-        logits = processor(talker.logits(hidden).float(), frames_done, eos_ok)
-        code0 = draw(logits, [generator], params.greedy, params.temperature, params.top_k, params.top_p)
+        frame_index = torch.tensor([frame], device=device)
+
+        def choose_residual(logits: torch.Tensor, step: int) -> torch.Tensor:
+            return choose(logits.float(), *residual_settings, counter_uniform(seed, frame_index, step + 1))  # noqa: B023
+
+        eos_ok = row(frame >= max(eos_allowed_from, p.min_new_tokens), torch.bool)
+        logits = process_code0(talker.logits(hidden).float(), seen, penalty, eos_ok, suppressed, eos_id)
+        code0 = choose(logits, *code0_settings, counter_uniform(seed, frame_index, CODE0_DRAW))
         if int(code0[0]) == eos_id:
             ended_by = "eos"
             break
-        processor.record(code0)
+        seen[0, code0[0]] = True
         residual, residual_embeds = talker.code_predictor.predict(hidden, talker.embed_codec(code0),
                                                                   choose_residual)
         frames.append(torch.cat([code0[:, None], residual], dim=1))

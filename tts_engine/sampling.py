@@ -4,7 +4,8 @@ Code 0 (talker), in the order Hugging Face `generate` applies them for the refer
   repetition penalty over the codes 0 generated so far, EOS masked for the first `min_new_tokens`
   frames, ids [vocab-1024, vocab) suppressed except EOS; then temperature, top-k, top-p, draw.
 Codes 1..15 (code predictor): temperature, top-k, top-p, draw; no penalty, no suppression.
-Each row owns a torch.Generator, so a stream's draws do not depend on its batch mates.
+Every setting is a per-row tensor and every draw takes its uniform number from the counter-based RNG
+(rng.py), so a whole batch is one kernel per draw and a stream's codes do not depend on its batch mates.
 """
 
 from __future__ import annotations
@@ -50,56 +51,43 @@ class SamplingParams:
         return replace(params, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, NEG_INF)
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), NEG_INF)
-    return logits
+def suppressed_ids(vocab_size: int, eos_id: int, device: torch.device) -> torch.Tensor:
+    """(V,) bool: the control ids [V-1024, V) that code 0 may never take, EOS excepted."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask[vocab_size - 1024:] = True
+    mask[eos_id] = False
+    return mask
 
 
-def draw(logits: torch.Tensor, generators: list[torch.Generator], greedy: bool, temperature: float,
-         top_k: int, top_p: float) -> torch.Tensor:
-    """logits (B, V) -> codes (B,), one generator per row.
-
-    Sampling is by inverse CDF: each row draws one uniform number from its own generator, so the
-    whole batch is one searchsorted and a row's draw does not depend on its batch mates.
-    """
-    if greedy:
-        return logits.argmax(dim=-1)
-    probs = _warp(logits.float(), temperature, top_k, top_p).softmax(dim=-1)
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    # 1 - U(0, 1) lies in (0, 1]: the first index whose cdf reaches u * total has non-zero probability.
-    u = torch.stack([1.0 - torch.rand((), generator=gen, device=probs.device) for gen in generators])
-    picks = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0]
-    return picks.clamp_(max=probs.shape[-1] - 1)
+def process_code0(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor, eos_ok: torch.Tensor,
+                  suppressed: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """The official talker-side processors, per row: logits (B, V) float32, seen (B, V) bool (codes 0
+    generated so far), penalty (B,), eos_ok (B,) bool (min_new_tokens and the EOS policy, decided by the
+    caller), suppressed (V,) bool -> processed logits (B, V)."""
+    penalty = penalty[:, None]
+    logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+    is_eos = torch.arange(logits.shape[-1], device=logits.device) == eos_id  # (V,)
+    blocked = suppressed[None, :] | (is_eos[None, :] & ~eos_ok[:, None])  # (B, V)
+    return logits.masked_fill(blocked, NEG_INF)
 
 
-class CodeZeroProcessor:
-    """Per-row state of the talker-side processors: which codes 0 were generated, how many frames."""
+def choose(logits: torch.Tensor, greedy: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+           top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) float32 -> codes (B,). Per row: greedy (bool), temperature, top_k (<= 0: off),
+    top_p (1: off) and one uniform number in (0, 1] (rng.counter_uniform).
 
-    def __init__(self, vocab_size: int, eos_id: int, params: SamplingParams, batch: int,
-                 device: torch.device) -> None:
-        self.params, self.eos_id = params, eos_id
-        self.seen = torch.zeros(batch, vocab_size, dtype=torch.bool, device=device)
-        suppress = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        suppress[vocab_size - 1024:] = True
-        suppress[eos_id] = False
-        self.suppress = suppress
-
-    def __call__(self, logits: torch.Tensor, frames_done: torch.Tensor, eos_allowed: torch.Tensor) -> torch.Tensor:
-        """logits (B, V); frames_done (B,) frames emitted so far; eos_allowed (B,) policy gate."""
-        penalty = self.params.repetition_penalty
-        penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
-        logits = torch.where(self.seen, penalized, logits)
-        block_eos = (frames_done < self.params.min_new_tokens) | ~eos_allowed
-        logits[:, self.eos_id] = torch.where(block_eos, NEG_INF, logits[:, self.eos_id])
-        return logits.masked_fill(self.suppress, NEG_INF)
-
-    def record(self, codes: torch.Tensor) -> None:
-        self.seen[torch.arange(codes.shape[0], device=codes.device), codes] = True
+    Greedy rows take the argmax. Sampling rows: temperature, top-k (ties with the k-th logit kept, as Hugging
+    Face does), top-p (the token that crosses top_p kept), then the inverse CDF at `uniform`, all in one
+    descending sort; shapes never depend on values (graph-capturable)."""
+    vocab = logits.shape[-1]
+    best = logits.argmax(dim=-1)
+    ordered, order = torch.sort(logits / temperature.clamp(min=1e-5)[:, None], dim=-1, descending=True)
+    k = torch.where((top_k <= 0) | (top_k > vocab), vocab, top_k)
+    kth = ordered.gather(1, (k - 1)[:, None])
+    ordered = ordered.masked_fill(ordered < kth, NEG_INF)
+    probs = ordered.softmax(dim=-1)
+    beyond_p = (probs.cumsum(dim=-1) - probs > top_p[:, None]) & (top_p < 1.0)[:, None]
+    cdf = probs.masked_fill(beyond_p, 0.0).cumsum(dim=-1)  # (B, V), non-decreasing
+    # u in (0, 1]: the first index whose cdf reaches u * total has non-zero probability.
+    picks = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:]).clamp(max=vocab - 1)  # (B, 1)
+    return torch.where(greedy, best, order.gather(1, picks)[:, 0])

@@ -2,23 +2,25 @@
 
 Each iteration:
   1. admit waiting streams into free cache rows and prefill their voice prefix (no text needed);
-  2. one batched talker forward for every row whose next text row is available (the first target token
-     with codec_bos, then t_{k+1} / tts_eos once / tts_pad) and whose consumer is within the lead;
-  3. for the rows that just ran: code 0 (official processors, per-row RNG), the 15 residual codes
-     (one batched predictor run), one exact incremental codec step, frames delivered.
+  2. decide, per row, the next talker input's text-track row (the first target token, then t_{k+1} /
+     tts_eos once / tts_pad) and whether the row advances: its text row has arrived and its consumer is
+     within the lead;
+  3. one `FrameStep` for all rows (frame_step.py): talker forward, code 0, the 15 residual codes and one
+     exact incremental codec frame, with one device-to-host copy; frames delivered, EOS rows retired.
 A stream whose next text token has not arrived simply waits: tts_pad is never fed early.
 
 ICL cloning (prompt.py): admission prefills the prefix and the ICL block rows that hold only the
 reference transcript; the rest of the block holds target rows, so the stream waits there until it has
 min(N + 1, T2 - R) of them (T2 - R tokens, or the whole text and its E when it is shorter), then
-prefills the rest of the block in one forward, whose last hidden gives frame 0. Afterwards decode step
-k adds text-track row T2 + k, as in the official streaming-text ICL mode. The stream's codec decoder
-state starts primed on the reference codes (their audio is never emitted).
+prefills the rest of the block but its last row, which is the input of the stream's first frame step
+(the codec half of that input is the last reference frame). Afterwards decode step k adds text-track
+row T2 + k, as in the official streaming-text ICL mode. The stream's codec decoder state starts primed
+on the reference codes (their audio is never emitted).
 Per voice, the prefix rows and KV, the ICL rows and the primed codec state are built once
 (voice_cache.py).
 Live rows stay packed in cache rows [0, n): a leaving stream's row is refilled by the last one.
-Rows that are not ready still ride along in the talker batch with a zero input; their output is
-ignored and the cache slot they wrote is overwritten when they really take that position.
+Rows that do not advance still ride along in the frame step; their state is kept and the cache slot
+they wrote is overwritten when they really take that position.
 """
 
 from __future__ import annotations
@@ -27,14 +29,13 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from .codec_stream import CodecStreamState, StreamingCodecDecoder
+from .frame_step import TEXT_EOS, TEXT_PAD, TEXT_TOKEN, FrameStep, StepInputs
 from .prompt import IclRows, icl_block, icl_target_rows
-from .sampling import NEG_INF, draw
 from .stream import Frame, Stream, StreamEnd
 from .tts import TTSModel, runaway_cap
 from .voice_cache import VoiceCache
@@ -52,6 +53,9 @@ class EngineSettings:
     max_text_chars: int = 20000  # per utterance
     voice_cache_size: int = 32  # voices whose prompt rows, primed codec state and prefix KV are kept
     cache_prefix_kv: bool = True  # per voice: ~112 KiB per prefix position at 0.6B/1.7B in bf16
+    compile: bool = False  # torch.compile the frame step (one graph per batch bucket and KV window)
+    kv_windows: tuple[int, ...] | None = None  # attention windows; default: powers of two up to max_positions
+    warm_up: bool = True  # run (compile) every bucket and window before serving
 
 
 @dataclass
@@ -61,17 +65,12 @@ class _Row:
     stream: Stream
     row: int
     position: int  # next talker position
-    generator: torch.Generator
-    seen: torch.Tensor  # (V,) bool: codes 0 generated so far (repetition penalty)
-    codec: CodecStreamState
     frames: int = 0
-    started: bool = False  # the prefill is complete (the first target token / the ICL block was fed)
+    started: bool = False  # the prefill is complete (ICL: the block was fed); plain voices start at once
     icl: IclRows | None = None
     icl_start: int = 0
     text_offset: int = 1  # text-track rows the prefill consumes: 1 (first target token), ICL: T2
-    hidden: torch.Tensor | None = None  # (H,) last post-norm hidden, awaiting its frame
-    frame_embed: torch.Tensor | None = None  # (H,) sum of the last frame's 16 code embeddings
-    timings: dict[str, float] = field(default_factory=dict)
+    ref_ids: tuple[int, ...] = ()  # ICL: the reference transcript's ids (text-track rows [0, R))
 
     @property
     def ref_len(self) -> int:
@@ -80,22 +79,22 @@ class _Row:
 
 
 class Scheduler:
-    def __init__(self, model: TTSModel, settings: EngineSettings) -> None:
+    def __init__(self, model: TTSModel, settings: EngineSettings,
+                 progress: Callable[[str], None] | None = None) -> None:
         # The KV caches live in the model's modules: one running engine per loaded model.
         if model.engine_active:
             raise RuntimeError("this model already drives a running Engine: close it, or load the model again")
         model.engine_active = True
         self.model, self.settings = model, settings
         self.talker = model.talker
-        self.codec = StreamingCodecDecoder(model.codec)
         self.eos_id = model.config.talker_config.codec_eos_token_id
-        self.vocab = model.config.talker_config.vocab_size
-        device = model.device
-        suppress = torch.zeros(self.vocab, dtype=torch.bool, device=device)
-        suppress[self.vocab - 1024:] = True
-        suppress[self.eos_id] = False
-        self.suppress = suppress
-        self.talker.setup_cache(settings.max_streams, settings.max_positions)
+        try:
+            self.frame_step = FrameStep(model, settings.max_streams, settings.max_positions,
+                                        compile=settings.compile, windows=settings.kv_windows)
+            self.warm_up_s = self.frame_step.warm_up(progress) if settings.warm_up else 0.0
+        except BaseException:
+            model.engine_active = False
+            raise
         self._rows: list[_Row] = []
         self._waiting: list[Stream] = []
         self._lock = threading.Lock()  # guards _waiting only
@@ -103,8 +102,8 @@ class Scheduler:
         self._stop = False
         self.voices = VoiceCache(model, settings.voice_cache_size, settings.cache_prefix_kv)
         self.steps = 0
-        self.batch_sizes: list[int] = []  # one entry per talker step; trimmed to the last 10k
-        # Per-phase timings, filled only when `profile` is set (benchmarks): synchronising costs time.
+        self.batch_sizes: list[int] = []  # rows that advanced, one entry per step; trimmed to the last 10k
+        # Per-step timings, filled only when `profile` is set (benchmarks).
         self.profile = False
         self.timings: collections.deque[dict[str, float]] = collections.deque(maxlen=100_000)
         self._thread = threading.Thread(target=self._run, name="voicegate-engine", daemon=True)
@@ -160,9 +159,10 @@ class Scheduler:
     def _step(self) -> bool:
         """One iteration; True when it did work (so the loop tries again without sleeping)."""
         admitted = self._admit()
-        ran = self._talker_step()
-        emitted = self._frame_step()
-        return admitted or ran or emitted
+        self._retire_finished_rows()
+        prefilled = self._icl_prefill()
+        ran = self._frame_step()
+        return admitted or prefilled or ran
 
     def _admit(self) -> bool:
         admitted = False
@@ -179,49 +179,39 @@ class Scheduler:
 
     def _prefill_prefix(self, stream: Stream) -> None:
         voice = self.voices.get(stream.voice)
-        device = self.model.device
         row_index = len(self._rows)
         self.voices.prefill(voice, row_index)
-        row = _Row(stream=stream, row=row_index, position=voice.prefix.shape[0],
-                   generator=torch.Generator(device=device).manual_seed(stream.sampling.seed),
-                   seen=torch.zeros(self.vocab, dtype=torch.bool, device=device),
-                   codec=voice.codec.clone() if voice.codec is not None else self.codec.new_state(),
-                   icl=voice.icl, icl_start=voice.icl_start,
-                   text_offset=voice.text_offset)
+        # The codec half of the first talker input: codec_bos beside the first target token; for ICL
+        # the last block row's (set at the ICL prefill).
+        self.frame_step.reset_row(row_index, voice.codec, self.model.rows.codec_bos)
+        row = _Row(stream=stream, row=row_index, position=voice.prefix.shape[0], started=voice.icl is None,
+                   icl=voice.icl, icl_start=voice.icl_start, text_offset=voice.text_offset,
+                   ref_ids=stream.voice.ref_ids or ())
         self._rows.append(row)
 
     def _release(self, row: _Row) -> None:
         last = self._rows[-1]
-        if last is not row:  # keep rows packed: move the last row's cache into the freed one
-            for layer in self.talker.model.layers:
-                cache = layer.self_attn.kv_cache
-                assert cache is not None
-                cache.k[row.row].copy_(cache.k[last.row])
-                cache.v[row.row].copy_(cache.v[last.row])
+        if last is not row:  # keep rows packed: the last row moves into the freed one
+            self.frame_step.move_row(last.row, row.row)
             last.row = row.row
             self._rows[row.row] = last
         self._rows.pop()
 
-    def _next_text_row(self, row: _Row, ids: list[int], finished: bool) -> torch.Tensor | None:
-        """The text-track row of the next talker input, or None while it has not arrived."""
-        # Before the first frame: the first target token (it rides with codec_bos); after frame f
-        # (frames = f + 1) the input carries text-track row f + 1 (ICL: T2 + f).
-        return self._text_track(row, row.text_offset + row.frames - 1 if row.started else 0, ids, finished)
-
-    def _text_track(self, row: _Row, j: int, ids: list[int], finished: bool) -> torch.Tensor | None:
-        """Row j (H,) of [reference transcript (ICL)] ++ target tokens ++ E ++ P..., None if not there yet."""
+    def _text_row(self, row: _Row, j: int, ids: list[int], finished: bool) -> tuple[int, int] | None:
+        """Text-track row j as (kind, token id) of [reference transcript (ICL)] ++ target tokens ++ E ++
+        P..., None while it has not arrived."""
         if j < row.ref_len:
-            assert row.icl is not None
-            return row.icl.ref_text[j]
+            return TEXT_TOKEN, row.ref_ids[j]
         token = j - row.ref_len
         if token < len(ids):
-            return self.talker.embed_text(torch.tensor([ids[token]], device=self.model.device))[0]
+            return TEXT_TOKEN, ids[token]
         if not finished or not ids:
             return None
-        return self.model.rows.eos if token == len(ids) else self.model.rows.pad
+        return (TEXT_EOS, 0) if token == len(ids) else (TEXT_PAD, 0)
 
     def _icl_prefill(self) -> bool:
-        """Prefill the target part of waiting ICL blocks whose rows have all arrived (the ICL wait)."""
+        """Prefill the target part of waiting ICL blocks whose rows have all arrived (the ICL wait), but
+        the block's last row: it is the input of the stream's first frame step."""
         ran = False
         device = self.model.device
         for r in self._rows:
@@ -241,9 +231,11 @@ class Scheduler:
             if finished and n_tokens == len(ids):
                 parts.append(self.model.rows.eos[None])
             block = icl_block(torch.cat(parts), r.icl, self.model.rows, r.icl_start)  # (T2 - icl_start, H)
-            positions = torch.arange(r.position, r.position + block.shape[0], device=device)[None]
-            r.hidden = self.talker(block[None], positions, rows=slice(r.row, r.row + 1))[0, -1]
-            r.position += block.shape[0]
+            if block.shape[0] > 1:
+                positions = torch.arange(r.position, r.position + block.shape[0] - 1, device=device)[None]
+                self.talker(block[None, :-1], positions, rows=slice(r.row, r.row + 1))
+                r.position += block.shape[0] - 1
+            self.frame_step.set_codec_part(r.row, r.icl.codec[-1])
             r.started = True
             ran = True
         return ran
@@ -254,110 +246,57 @@ class Scheduler:
             ids, finished, cancelled = r.stream.snapshot()
             if cancelled or r.stream.end is not None:
                 self._release(r)
-            elif not r.started and finished and not ids:
+            elif finished and not ids:  # no frame can come (an ICL stream never started)
                 r.stream.close(StreamEnd("empty", 0))
                 self._release(r)
             elif r.position >= self.settings.max_positions:
                 r.stream.close(StreamEnd("cap", r.frames))
                 self._release(r)
 
-    def _talker_step(self) -> bool:
-        self._retire_finished_rows()
-        n = len(self._rows)
-        if n == 0:
-            return False
-        prefilled = self._icl_prefill()
-        device = self.model.device
-        inputs = torch.zeros(n, 1, self.talker.config.hidden_size, device=device,
-                             dtype=self.talker.codec_head.weight.dtype)
-        ready: list[_Row] = []
-        for r in self._rows:
-            if r.hidden is not None or r.stream.lead() >= self.settings.max_lead_frames:
-                continue
-            if r.icl is not None and not r.started:
-                continue  # the ICL wait (above)
-            ids, finished, _ = r.stream.snapshot()
-            text = self._next_text_row(r, ids, finished)
-            if text is None:
-                continue  # waits for its next text token: never tts_pad early
-            codec_part = r.frame_embed if r.started else self.model.rows.codec_bos
-            assert codec_part is not None
-            inputs[r.row, 0] = text + codec_part
-            ready.append(r)
-        if not ready:
-            return prefilled
-        positions = torch.tensor([[r.position] for r in self._rows], device=device)
-        started = self._clock()
-        hidden = self.talker(inputs, positions, rows=slice(0, n))[:, 0]
-        if self.profile:
-            self.timings.append({"phase": "talker", "batch": len(ready), "rows": n,
-                                 "ms": (self._clock() - started) * 1e3})
-        self.steps += 1
-        self.batch_sizes.append(len(ready))
-        if len(self.batch_sizes) > 20_000:  # bounded on a long-running server
-            del self.batch_sizes[:10_000]
-        for r in ready:
-            r.hidden = hidden[r.row]
-            r.position += 1
-            r.started = True
-        return True
-
     def _eos_allowed(self, r: _Row, ids: list[int], finished: bool) -> bool:
+        if r.frames < r.stream.sampling.min_new_tokens:
+            return False
         if r.stream.eos_policy == "official":
             return True
         # E sits on text-track row R + N, fed by decode step R + N - offset: frame R + N + 1 - offset.
         return finished and r.frames >= r.ref_len + len(ids) + 1 - r.text_offset
 
     def _frame_step(self) -> bool:
-        rows = [r for r in self._rows if r.hidden is not None]
-        if not rows:
+        n = len(self._rows)
+        if n == 0:
             return False
-        started = self._clock()
-        hidden = torch.stack([r.hidden for r in rows])  # type: ignore[misc]
-        logits = self.talker.logits(hidden).float()  # (B, V)
-        states = [r.stream.snapshot() for r in rows]
-        seen = torch.stack([r.seen for r in rows])
-        penalties = torch.tensor([r.stream.sampling.repetition_penalty for r in rows], device=logits.device)[:, None]
-        logits = torch.where(seen, torch.where(logits < 0, logits * penalties, logits / penalties), logits)
-        for i, (r, (ids, finished, _)) in enumerate(zip(rows, states, strict=True)):
-            if r.frames < r.stream.sampling.min_new_tokens or not self._eos_allowed(r, ids, finished):
-                logits[i, self.eos_id] = NEG_INF
-        logits = logits.masked_fill(self.suppress, NEG_INF)
-        code0 = self._draw(rows, logits, residual=False)
-        live = [i for i, r in enumerate(rows) if int(code0[i]) != self.eos_id]
-        for i, r in enumerate(rows):
-            r.hidden = None
-            if i not in live:
+        inputs = StepInputs.empty(n)
+        states = [r.stream.snapshot() for r in self._rows]
+        ready: list[int] = []
+        for i, (r, (ids, finished, _)) in enumerate(zip(self._rows, states, strict=True)):
+            # Frame f's input carries text-track row offset - 1 + f: the first target token for frame 0
+            # (ICL: the block's last row, T2 - 1), then t_{f} / E / P.
+            text = self._text_row(r, r.text_offset - 1 + r.frames, ids, finished) if r.started else None
+            active = text is not None and r.stream.lead() < self.settings.max_lead_frames
+            kind, token = text if text is not None else (TEXT_PAD, 0)
+            inputs.set_row(i, text_id=token, text_kind=kind, position=r.position, active=active,
+                           eos_ok=self._eos_allowed(r, ids, finished), frame=r.frames, sampling=r.stream.sampling)
+            if active:
+                ready.append(i)
+        if not ready:
+            return False
+        started = time.perf_counter()
+        out = self.frame_step.run(inputs)
+        if self.profile:
+            self.timings.append({"batch": len(ready), "rows": n, "ms": (time.perf_counter() - started) * 1e3})
+        self.steps += 1
+        self.batch_sizes.append(len(ready))
+        if len(self.batch_sizes) > 20_000:  # bounded on a long-running server
+            del self.batch_sizes[:10_000]
+        rows = [self._rows[i] for i in ready]  # before any release reorders them
+        for i, r in zip(ready, rows, strict=True):
+            ids, finished, _ = states[i]
+            r.position += 1
+            if out.codes[i, 0] == self.eos_id:
                 r.stream.close(StreamEnd("eos", r.frames))
                 self._release(r)
-        if not live:
-            return True
-        rows = [rows[i] for i in live]
-        hidden, code0 = hidden[live], code0[live]
-        for r, c in zip(rows, code0.tolist(), strict=True):
-            r.seen[c] = True
-
-        def choose(step_logits: torch.Tensor, step: int) -> torch.Tensor:
-            return self._draw(rows, step_logits, residual=True)
-
-        code0_embed = self.talker.embed_codec(code0)
-        sampled = self._clock()
-        residual, residual_embeds = self.talker.code_predictor.predict(hidden, code0_embed, choose)
-        predicted = self._clock()
-        codes = torch.cat([code0[:, None], residual], dim=1)  # (B, 16)
-        frame_embeds = torch.cat([code0_embed[:, None], residual_embeds], dim=1).sum(dim=1)  # (B, H)
-        pcm = self.codec.step([r.codec for r in rows], codes)  # (B, 1920) float
-        if self.profile:
-            decoded = self._clock()
-            self.timings.append({"phase": "frame", "batch": len(rows), "code0_ms": (sampled - started) * 1e3,
-                                 "predictor_ms": (predicted - sampled) * 1e3,
-                                 "codec_ms": (decoded - predicted) * 1e3})
-        pcm16 = (pcm.clamp(-1, 1) * 32767.0).round().to(torch.int16).cpu().numpy()
-        codes_np = codes.cpu().numpy().astype(np.int64)
-        for i, r in enumerate(rows):
-            r.frame_embed = frame_embeds[i]
-            ids, finished, _ = states[live[i]]
-            r.stream.deliver(Frame(index=r.frames, pcm=pcm16[i], codes=codes_np[i],
+                continue
+            r.stream.deliver(Frame(index=r.frames, pcm=out.pcm[i], codes=out.codes[i],
                                    text_tokens_consumed=self._tokens_consumed(r, len(ids))))
             r.frames += 1
             if finished and r.frames >= runaway_cap(len(ids), self.settings.frames_per_token,
@@ -370,30 +309,6 @@ class Scheduler:
     def _tokens_consumed(r: _Row, n_ids: int) -> int:
         """Target tokens among the text-track rows read up to frame `r.frames` (rows 0..offset+f-1)."""
         return min(max(r.text_offset + r.frames - r.ref_len, 0), n_ids)
-
-    def _clock(self) -> float:
-        if self.profile and self.model.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def _draw(self, rows: list[_Row], logits: torch.Tensor, residual: bool) -> torch.Tensor:
-        """Codes for every row: one batched draw per group of rows that share sampling settings."""
-        def key(r: _Row) -> tuple:
-            p = r.stream.sampling
-            if residual:
-                return (p.sub_greedy, p.sub_temperature, p.sub_top_k, p.sub_top_p)
-            return (p.greedy, p.temperature, p.top_k, p.top_p)
-
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(key(r), []).append(i)
-        if len(groups) == 1:
-            (settings, _), = groups.items()
-            return draw(logits, [r.generator for r in rows], *settings)
-        codes = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        for settings, index in groups.items():
-            codes[index] = draw(logits[index], [rows[i].generator for i in index], *settings)
-        return codes
 
 
 def wait_idle(scheduler: Scheduler, timeout: float = 10.0) -> None:

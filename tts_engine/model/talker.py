@@ -73,7 +73,7 @@ class CodePredictor(nn.Module):
         device = past_hidden.device
         x = self.small_to_mtp_projection(torch.stack((past_hidden, code0_embed), dim=1))  # (B, 2, Hc)
         positions = torch.arange(2, device=device).expand(batch, 2)
-        hidden = self.model(x, positions, aligned=True)[:, -1]
+        hidden = self.model(x, positions, kv_len=2, aligned=True)[:, -1]
         codes, embeds = [], []
         for step in range(self.n_residual):
             code = choose(self.lm_head[step](hidden), step)  # (B,)
@@ -82,7 +82,8 @@ class CodePredictor(nn.Module):
             embeds.append(embed)
             if step + 1 < self.n_residual:
                 positions = torch.full((batch, 1), step + 2, device=device, dtype=torch.long)
-                hidden = self.model(self.small_to_mtp_projection(embed[:, None]), positions, aligned=True)[:, -1]
+                hidden = self.model(self.small_to_mtp_projection(embed[:, None]), positions, kv_len=step + 3,
+                                    aligned=True)[:, -1]
         return torch.stack(codes, dim=1), torch.stack(embeds, dim=1)
 
 
