@@ -11,6 +11,7 @@ import time
 import wave
 from pathlib import Path
 
+from agent.engine_options import add_engine_arguments
 from agent.voices import default_voices_dir
 from agent.voices_cli import add_parser as add_voices_parser
 from agent.voices_cli import add_voices_dir
@@ -74,9 +75,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
             print("warning: the 0.6B CustomVoice model ignores --instruct (as the official package does); use "
                   "the 1.7B CustomVoice or a VoiceDesign model for style control", file=sys.stderr)
             voice["instruct"] = None
+    from agent.engine_options import resolve_compile
+
+    # The compiled frame step is the streaming engine's: a compiled synth runs through it (same codes).
+    compiled = resolve_compile(args.compile, model.device.type)
+    if compiled and args.non_streaming:
+        print("error: --non-streaming runs the offline path, which is never compiled; add --compile off",
+              file=sys.stderr)
+        return 2
     started = time.perf_counter()
     first_audio_s = None
-    if args.feed == "all":
+    if args.feed == "all" and not compiled:
         result = model.synthesize(args.text, **voice, non_streaming=args.non_streaming, greedy=args.greedy,
                                   seed=args.seed, max_frames=args.max_frames, eos_policy=args.eos_policy)
         audio, codes, ended_by = result.audio, result.codes.numpy(), result.ended_by
@@ -130,15 +139,17 @@ def _synth_streaming(model, args: argparse.Namespace, voice: dict):  # type: ign
     """Feed the text word by word or character by character into the streaming engine."""
     import numpy as np
 
-    from tts_engine.engine import Engine
+    from agent.engine_options import build_engine
 
     text = args.text
     if args.feed == "char":
         pieces = list(text)
+    elif args.feed == "all":
+        pieces = [text]
     else:
         words = text.split(" ")
         pieces = [w + " " for w in words[:-1]] + [words[-1]]
-    with Engine(model) as engine:
+    with build_engine(model, args.compile) as engine:
         started = time.perf_counter()
         stream = engine.open_stream(**voice, greedy=args.greedy, seed=args.seed, eos_policy=args.eos_policy)
         for piece in pieces:
@@ -177,15 +188,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is too chatty
     import torch
 
+    from agent.engine_options import build_engine
     from agent.server import Server
-    from tts_engine.engine import Engine
     from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
-    engine = Engine(model, EngineSettings(max_streams=args.max_streams))
+    engine = build_engine(model, args.compile, max_streams=args.max_streams)
     rtc_settings = None
     if args.ice_server:
         from agent.rtc import RtcSettings
@@ -245,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--non-streaming", action="store_true", help="the official non-streaming prompt layout")
     sy.add_argument("--eos-policy", choices=("default", "official"), default="default")
     sy.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_engine_arguments(sy)
     sy.add_argument("--out", required=True, help="output WAV (24 kHz mono 16-bit)")
     sy.add_argument("--codes-out", help="write the codes as int64 .npy of shape (T, 16)")
     sy.set_defaults(func=cmd_synth)
@@ -254,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs --api-key)")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_engine_arguments(sv)
     sv.add_argument("--api-key", default=os.environ.get("VOICEGATE_API_KEY"),
                     help="required on /v1/session and /metrics (default: $VOICEGATE_API_KEY)")
     sv.add_argument("--max-sessions", type=int, default=32)
@@ -285,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     wy.add_argument("--zeroconf", nargs="?", const="voicegate", metavar="NAME",
                     help="announce the service to Home Assistant over mDNS (default name: voicegate; tcp:// only)")
     wy.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_engine_arguments(wy)
     wy.add_argument("--voice", help="voice for requests that name none (default: the catalogue's first)")
     wy.add_argument("--language", default="auto", help="language for requests that name none (name or ISO code)")
     wy.add_argument("--instruct", help="style instruction for every utterance (1.7B CustomVoice, VoiceDesign)")

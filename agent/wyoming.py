@@ -356,9 +356,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.getLogger("zeroconf").setLevel(logging.WARNING)
     import torch
 
-    from tts_engine.engine import Engine
+    from agent.engine_options import build_engine
     from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -368,7 +367,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                                seed=args.seed, greedy=args.greedy, zeroconf_name=args.zeroconf,
                                voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir())
     model = load_model(args.model, device=args.device)
-    engine = Engine(model, EngineSettings(max_streams=args.max_streams))
+    engine = build_engine(model, args.compile, max_streams=args.max_streams)
     try:
         service = WyomingService(engine, settings, model_name=args.model)
 

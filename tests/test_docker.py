@@ -173,7 +173,9 @@ def test_image_defaults_non_root_cache_volume_and_health() -> None:
     env = " ".join(args_of("ENV"))
     hf_home = re.search(r"HF_HOME=(\S+)", env)
     voices = re.search(r"VOICEGATE_VOICES_DIR=(\S+)", env)
-    assert hf_home and voices and json.loads(args_of("VOLUME")[0]) == [hf_home.group(1), voices.group(1)]
+    kernels = re.search(r"TORCHINDUCTOR_CACHE_DIR=(\S+)", env)  # the compiled frame step's kernel cache
+    assert hf_home and voices and kernels
+    assert json.loads(args_of("VOLUME")[0]) == [hf_home.group(1), voices.group(1), kernels.group(1)]
     assert "VOICEGATE_MODEL=${MODEL_ID}" in env and "MODEL_ID" in build_args()
     cmd = parse_as_container(json.loads(args_of("CMD")[-1]))
     assert cmd.command == "serve" and cmd.host == "0.0.0.0"
@@ -197,7 +199,8 @@ def test_compose_service(name: str) -> None:
     assert service["build"]["dockerfile"] == "docker/Dockerfile"
     assert (COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == DOCKERFILE
     assert set(service["build"]["args"]) <= set(build_args())
-    for var in ("HF_HOME", "VOICEGATE_VOICES_DIR"):  # model cache and saved voices live in named volumes
+    # model cache, saved voices and compiled kernels live in named volumes
+    for var in ("HF_HOME", "VOICEGATE_VOICES_DIR", "TORCHINDUCTOR_CACHE_DIR"):
         path = re.search(rf"{var}=(\S+)", " ".join(args_of("ENV")))
         assert path and any(v.split(":")[1] == path.group(1) for v in service["volumes"]), var
     assert all(v.split(":")[0] in doc["volumes"] for v in service["volumes"])

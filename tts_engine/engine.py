@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,12 +26,14 @@ from .voice_prompt import VoicePrompt
 
 
 class Engine:
-    def __init__(self, model: TTSModel, settings: EngineSettings | None = None) -> None:
+    def __init__(self, model: TTSModel, settings: EngineSettings | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        """`progress` gets one line per frame-step graph warmed up (compiled) before the engine serves."""
         self.model = model
         self.settings = settings or EngineSettings()
         self._fast_tokenizer = load_fast_tokenizer(model.path)
         self._ids = itertools.count(1)
-        self.scheduler = Scheduler(model, self.settings)
+        self.scheduler = Scheduler(model, self.settings, progress)
 
     def open_stream(self, speaker: str | None = None, language: str = "auto", instruct: str | None = None,
                     xvector: torch.Tensor | None = None, *, voice_prompt: VoicePrompt | None = None,

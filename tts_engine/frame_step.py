@@ -111,7 +111,8 @@ class StepOutputs:
 
 class FrameStep(nn.Module):
     def __init__(self, model: TTSModel, rows: int, max_positions: int, compile: bool = False,
-                 buckets: tuple[int, ...] = BUCKETS, windows: tuple[int, ...] | None = None) -> None:
+                 buckets: tuple[int, ...] = BUCKETS, windows: tuple[int, ...] | None = None,
+                 backend: str = "inductor") -> None:
         super().__init__()
         self.model = model
         self.buckets = (*(b for b in buckets if b < rows), bucket_for(rows, buckets))
@@ -143,7 +144,7 @@ class FrameStep(nn.Module):
         for i, key in enumerate(self._tail_keys):
             self.register_buffer(f"codec_tail_{i}", fresh.tails[key], persistent=False)
         self._fresh_row = self.codec.new_state(1)
-        self.compiled = compile
+        self.compiled, self.backend = compile, backend
         self._run: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = self._step
         if compile:
             self._run = self._compile()
@@ -211,8 +212,9 @@ class FrameStep(nn.Module):
         # One graph per (bucket, window): raise dynamo's per-function limit to hold them all.
         needed = len(self.buckets) * len(self.windows) + 2
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
-        mode = "reduce-overhead" if self.model.device.type == "cuda" else None
-        return torch.compile(self._step, fullgraph=True, dynamic=False, mode=mode)
+        # CUDA graphs on CUDA: the step's inputs are two small tensors and its state lives in buffers.
+        mode = "reduce-overhead" if self.model.device.type == "cuda" and self.backend == "inductor" else None
+        return torch.compile(self._step, fullgraph=True, dynamic=False, backend=self.backend, mode=mode)
 
     # ---- host side -------------------------------------------------------------------------------
     def window_for(self, max_position: int) -> int:

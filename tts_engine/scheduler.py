@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .frame_step import TEXT_EOS, TEXT_PAD, TEXT_TOKEN, FrameStep, StepInputs
+from .frame_step import BUCKETS, TEXT_EOS, TEXT_PAD, TEXT_TOKEN, FrameStep, StepInputs
 from .prompt import IclRows, icl_block, icl_target_rows
 from .stream import Frame, Stream, StreamEnd
 from .tts import TTSModel, runaway_cap
@@ -55,7 +55,11 @@ class EngineSettings:
     cache_prefix_kv: bool = True  # per voice: ~112 KiB per prefix position at 0.6B/1.7B in bf16
     compile: bool = False  # torch.compile the frame step (one graph per batch bucket and KV window)
     kv_windows: tuple[int, ...] | None = None  # attention windows; default: powers of two up to max_positions
-    warm_up: bool = True  # run (compile) every bucket and window before serving
+    warm_up: bool = True  # compiled: build every bucket and window's graph before serving
+    # torch.compile backend: "inductor" (generated kernels); "eager" captures the same graphs without
+    # code generation (tests of graph breaks and recompiles in seconds).
+    compile_backend: str = "inductor"
+    buckets: tuple[int, ...] = BUCKETS  # batch sizes the step is padded to (one graph each when compiled)
 
 
 @dataclass
@@ -90,8 +94,9 @@ class Scheduler:
         self.eos_id = model.config.talker_config.codec_eos_token_id
         try:
             self.frame_step = FrameStep(model, settings.max_streams, settings.max_positions,
-                                        compile=settings.compile, windows=settings.kv_windows)
-            self.warm_up_s = self.frame_step.warm_up(progress) if settings.warm_up else 0.0
+                                        compile=settings.compile, windows=settings.kv_windows,
+                                        buckets=settings.buckets, backend=settings.compile_backend)
+            self.warm_up_s = self.frame_step.warm_up(progress) if settings.warm_up and settings.compile else 0.0
         except BaseException:
             model.engine_active = False
             raise

@@ -1,0 +1,126 @@
+"""The compiled frame step: same codes as eager, one graph per (bucket, window), no graph break.
+
+Two backends of torch.compile are used. "eager" runs dynamo's capture (fullgraph, guards, recompiles)
+with no code generation, so a long run with streams joining and leaving through several buckets and
+KV windows costs seconds; it checks capture and replay. "inductor" is the real compiler: one graph
+(one bucket, one window), since generating and building its C++ kernels takes minutes on this CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from tts_engine.engine import Engine
+from tts_engine.frame_step import bucket_for, kv_windows
+from tts_engine.loading import load_model
+from tts_engine.scheduler import EngineSettings
+from tts_engine.stream import Stream
+
+# Long enough to cross the first 128-slot KV window: a frame per text token, ~150 tokens.
+LONG = " ".join(["One stream keeps talking for a good while, so that its positions run past the first window."] * 8)
+SHORT = ["Hi there.", "A second voice joins in.", "And a third."]
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _codes(frames: list) -> torch.Tensor:  # type: ignore[type-arg]
+    return torch.from_numpy(np.stack([f.codes for f in frames]))
+
+
+def _pcm(frames: list) -> np.ndarray:  # type: ignore[type-arg]
+    return np.concatenate([f.pcm for f in frames]).astype(np.float32) / 32767.0
+
+
+def _run_with_joins(engine: Engine, jobs: list[tuple[str, bool, int]], join_after: int) -> list[list]:  # type: ignore[type-arg]
+    """The first job starts alone; each next one opens after the previous has delivered `join_after`
+    frames; the short ones finish (leave) while the first keeps going. Returns each job's frames."""
+    results: list[list] = [[] for _ in jobs]  # type: ignore[type-arg]
+    started = [threading.Event() for _ in jobs]
+
+    def consume(i: int, stream: Stream) -> None:
+        for frame in stream:
+            results[i].append(frame)
+            if len(results[i]) == join_after:
+                started[i].set()
+        started[i].set()
+
+    threads = []
+    for i, (text, greedy, seed) in enumerate(jobs):
+        if i:
+            assert started[i - 1].wait(timeout=600)
+        stream = engine.open_stream(speaker="vivian", greedy=greedy, seed=seed)
+        stream.push_text(text)
+        stream.finish()
+        thread = threading.Thread(target=consume, args=(i, stream))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(timeout=600)
+    return results
+
+
+def _solo(tiny_model: Callable[..., object], jobs: list[tuple[str, bool, int]]) -> list:  # type: ignore[type-arg]
+    model = tiny_model("custom_voice")
+    return [model.synthesize(text, speaker="vivian", greedy=greedy, seed=seed)  # type: ignore[attr-defined]
+            for text, greedy, seed in jobs]
+
+
+def test_buckets_and_windows() -> None:
+    assert [bucket_for(n) for n in (1, 2, 3, 5, 9, 100, 128)] == [1, 2, 4, 8, 16, 128, 128]
+    with pytest.raises(ValueError, match="largest bucket"):
+        bucket_for(129)
+    assert kv_windows(1024) == (128, 256, 512, 1024)
+    assert kv_windows(300) == (128, 256, 300)
+
+
+def test_captured_step_replays_eager_codes_through_joins_leaves_and_windows(
+        tiny_checkpoint, tiny_model, fresh_dynamo) -> None:  # type: ignore[no-untyped-def]
+    jobs = [(LONG, True, 0), (SHORT[0], False, 11), (SHORT[2], True, 13)]
+    settings = EngineSettings(max_streams=4, max_positions=256, compile=True, compile_backend="eager",
+                              warm_up=False)
+    with Engine(load_model(tiny_checkpoint("custom_voice"), device="cpu"), settings) as engine:
+        results = _run_with_joins(engine, jobs, join_after=3)
+        sizes = set(engine.scheduler.batch_sizes)
+        positions_used = engine.scheduler.steps
+    assert {1, 2, 3} <= sizes, f"the run never went through buckets 1, 2 and 4: {sizes}"
+    assert len(results[0]) > 128, "the long stream never crossed the first KV window"
+    for (text, _, _), frames, solo in zip(jobs, results, _solo(tiny_model, jobs), strict=True):
+        assert torch.equal(_codes(frames), solo.codes), text
+        assert np.abs(_pcm(frames) - solo.audio).max() < 1e-4 + 1 / 32767
+    # fullgraph=True turns any break into an error; the counters say how many graphs were made.
+    assert not counters["graph_break"]
+    graphs = counters["stats"]["unique_graphs"]
+    assert 2 <= graphs <= 3 * 2, f"{graphs} graphs for buckets (1, 2, 4) x windows (128, 256)"
+    assert positions_used > graphs
+
+
+@pytest.mark.parametrize("rows", [2])
+def test_inductor_step_equals_eager_greedy_and_sampled(tiny_checkpoint, tiny_model, fresh_dynamo,
+                                                       rows: int) -> None:  # type: ignore[no-untyped-def]
+    # One bucket and one window: a single graph, built once by inductor (about five minutes here).
+    jobs = [(SHORT[1], True, 0), (SHORT[0], False, 21)]
+    settings = EngineSettings(max_streams=rows, max_positions=128, compile=True, buckets=(rows,))
+    lines: list[str] = []
+    with Engine(load_model(tiny_checkpoint("custom_voice"), device="cpu"), settings,
+                progress=lines.append) as engine:
+        assert len(lines) == 1 and "compiled: batch 2, window 128 (1/1" in lines[0]
+        results = _run_with_joins(engine, jobs, join_after=2)
+    for (text, _, _), frames, solo in zip(jobs, results, _solo(tiny_model, jobs), strict=True):
+        assert torch.equal(_codes(frames), solo.codes), text
+        # Inductor reorders float sums: same codes, waveform within a few int16 steps.
+        assert np.abs(_pcm(frames) - solo.audio).max() < 1e-4 + 4 / 32767, text
+    assert not counters["graph_break"]
+    assert counters["stats"]["unique_graphs"] == 1
