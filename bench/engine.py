@@ -57,7 +57,8 @@ def _load(model_dir: Path, device: str, precision: str):  # type: ignore[no-unty
 
 
 @torch.no_grad()
-def bench_split(model_dir: Path, text: str, device: str, max_frames: int) -> dict[str, Any]:
+def bench_split(model_dir: Path, text: str, device: str, max_frames: int,
+                compile_codec: bool = False) -> dict[str, Any]:
     """fp32 eager, one stream, each part timed on its own: talker (+ code 0), predictor, codec frame."""
     from tts_engine.codec_stream import StreamingCodecDecoder
     from tts_engine.generate import frame_input
@@ -90,6 +91,7 @@ def bench_split(model_dir: Path, text: str, device: str, max_frames: int) -> dic
         prefill_ms = (time.perf_counter() - started) * 1e3
         seen = torch.zeros(1, vocab, dtype=torch.bool, device=dev)
         state = codec.new_state()
+        codes.clear()
         ttfa_ms, frames = None, 0
         for frame in range(max_frames):
             t = time.perf_counter()
@@ -107,7 +109,8 @@ def bench_split(model_dir: Path, text: str, device: str, max_frames: int) -> dic
             _sync(dev)
             timings["predictor"] += time.perf_counter() - t
             t = time.perf_counter()
-            codec.step([state], torch.cat([code0[:, None], residual], dim=1))
+            codes.append(torch.cat([code0[:, None], residual], dim=1))
+            codec.step([state], codes[-1])
             _sync(dev)
             timings["codec"] += time.perf_counter() - t
             frames += 1
@@ -129,8 +132,44 @@ def bench_split(model_dir: Path, text: str, device: str, max_frames: int) -> dic
                 "frame_ms": (total_s * 1e3 - prefill_ms) / per, "total_s": total_s, "audio_s": audio_s,
                 "rtf": total_s / audio_s if audio_s else None}
 
+    codes: list[torch.Tensor] = []  # (1, 16) per frame of the last run
     run()  # warm-up (allocations, kernels)
-    return {"impl": "voicegate (parts timed apart, fp32 eager)", "load_s": load_s, "device": str(dev), **run()}
+    result = {"impl": "voicegate (parts timed apart, fp32 eager)", "load_s": load_s, "device": str(dev), **run()}
+    if compile_codec and codes:
+        result["codec_compiled"] = _codec_compiled(codec, codes, dev)
+    return result
+
+
+def _codec_compiled(codec, codes: list[torch.Tensor], dev: torch.device) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The incremental codec frame alone, compiled (as inside the compiled frame step), on the split run's
+    codes: ms per frame and the largest sample difference from the eager decoder."""
+    from tts_engine.codec_stream import CodecStreamState
+
+    def frame(step_codes: torch.Tensor, state: CodecStreamState) -> tuple[torch.Tensor, CodecStreamState]:
+        pcm = codec.decode_step(step_codes, state)
+        return pcm, state
+
+    compiled = torch.compile(frame, fullgraph=True, dynamic=False)
+
+    def decode(fn) -> tuple[torch.Tensor, float]:  # type: ignore[no-untyped-def]
+        state, pieces, seconds = codec.new_state(), [], 0.0
+        for c in codes:
+            t = time.perf_counter()
+            pcm, state = fn(c[:, :, None], state)
+            _sync(dev)
+            seconds += time.perf_counter() - t
+            pieces.append(pcm)
+        return torch.cat(pieces, dim=1), seconds
+
+    t0 = time.perf_counter()
+    decode(compiled)  # compiles
+    compile_s = time.perf_counter() - t0
+    eager_pcm, eager_s = decode(frame)
+    compiled_pcm, compiled_s = decode(compiled)
+    n = len(codes)
+    return {"compile_s": compile_s, "eager_ms_per_frame": eager_s * 1e3 / n,
+            "compiled_ms_per_frame": compiled_s * 1e3 / n,
+            "max_abs_diff_vs_eager": float((eager_pcm - compiled_pcm).abs().max())}
 
 
 @torch.no_grad()
@@ -224,7 +263,8 @@ def main() -> None:
                     "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "model": str(model_dir), "text": args.text, "max_frames": args.max_frames,
-        "ours_split": bench_split(model_dir, args.text, args.device, args.max_frames),
+        "ours_split": bench_split(model_dir, args.text, args.device, args.max_frames,
+                                  compile_codec=any(VARIANTS[v][0] for v in variants)),
         "ours": {},
     }
     for name in variants:
