@@ -37,6 +37,7 @@ from websockets.http11 import Request, Response
 
 from . import protocol
 from .connection import Connection
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .session import ModelInfo, Session
 from .settings import ServerSettings
@@ -199,7 +200,7 @@ class Server:
             if not self._authorized(request, query):
                 return _response(401, b"missing or wrong API key\n", "text/plain; charset=utf-8",
                                  {"WWW-Authenticate": "Bearer"})
-            return _response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+            return _response(200, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
         return self._static(path)
 
     def health(self) -> dict[str, Any]:
