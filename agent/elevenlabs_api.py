@@ -95,12 +95,6 @@ class ElevenLabsSocket:
         self.contexts: dict[str | None, Context] = {}
         self.closing = False
 
-    @staticmethod
-    def voices(server: Server) -> dict[str, Any]:
-        """GET /v1/voices, ElevenLabs' shape."""
-        return {"voices": [{"voice_id": e.name, "name": e.name, "category": e.kind,
-                            "labels": {"language": e.language}} for e in server.info.entries]}
-
     # ---- reading -------------------------------------------------------------------------------
     async def run(self) -> None:
         try:

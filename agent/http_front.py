@@ -5,8 +5,9 @@ request bodies and cannot stream. `POST /v1/audio/speech` needs both (a JSON bod
 transfer, as the engine makes it). So each accepted connection is a `FrontConnection`: websockets' own
 connection class, handed to `serve(create_connection=...)`, that looks at the request line first.
 
-- GET (WebSocket upgrades, /healthz, /metrics, the listings, the page): replayed into websockets untouched.
-- Any other method: diverted before websockets parses it. The request (head and Content-Length body) goes to
+- GET (WebSocket upgrades, /healthz, /metrics, the page): replayed into websockets untouched.
+- Any other method, and the GETs the routes claim (the API listings, which keep-alive HTTP clients call):
+  diverted before websockets parses it. The request (head and Content-Length body) goes to
   the `HttpRoutes` handler in a task of its own, which answers through an `HttpExchange` (a whole response, or
   a head then chunks, with websockets' flow control). The connection closes after the response (no
   keep-alive). If the client goes away, its task is cancelled at once: an engine stream it holds stops.
@@ -122,6 +123,10 @@ class HttpExchange:
 class HttpRoutes:
     """What a diverted request is handed to (see agent.openai_api)."""
 
+    def claims(self, method: str, path: str) -> bool:
+        """Whether this request is ours (the rest goes to websockets): every method but GET by default."""
+        return method != "GET"
+
     async def serve(self, request: HttpRequest, exchange: HttpExchange) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -160,8 +165,9 @@ class FrontConnection(ServerConnection):
         line_end = self._buffer.find(b"\r\n")
         if line_end < 0 and len(self._buffer) <= MAX_HEAD_BYTES:
             return
-        method = bytes(self._buffer[:max(0, line_end)]).split(b" ", 1)[0]
-        if method == b"GET":  # websockets' own: replay what came so far
+        line = bytes(self._buffer[:max(0, line_end)]).decode("latin-1").split(" ")
+        if not self.routes.claims(line[0], urlsplit(line[1]).path if len(line) > 1 else ""):
+            # websockets' own: replay what came so far
             self._mode = "ws"
             replay, self._buffer = bytes(self._buffer), bytearray()
             self._routed.set_result(None)
@@ -171,7 +177,7 @@ class FrontConnection(ServerConnection):
             return
         self._mode = "http"
         self._routed.set_result(None)
-        if end < 0:
+        if end < 0 or end > MAX_HEAD_BYTES:
             self._error = HttpError(431, "request head too large")
             self._body_ready.set()
             return

@@ -1,4 +1,5 @@
-"""OpenAI's speech API on the serve port: POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices.
+"""OpenAI's speech API on the serve port: POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices
+(and ElevenLabs' GET /v1/voices listing).
 
 One request is one flow, in the task agent.http_front gives it: the input (split into segments an engine
 stream can hold, agent.segments) goes into the engine's text track at once, and each 80 ms frame is encoded
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPEECH_PATH = "/v1/audio/speech"
+LISTINGS = ("/v1/models", "/v1/audio/voices", "/v1/voices")  # GET; /v1/voices is ElevenLabs' shape
 STREAM_FORMATS = ("audio", "sse")
 DEFAULT_FORMAT = "mp3"  # OpenAI's default
 
@@ -51,7 +53,12 @@ class OpenAIRoutes(HttpRoutes):
     def __init__(self, server: Server) -> None:
         self.server = server
 
-    # ---- listings (GET, answered through websockets' process_request) ---------------------------
+    def claims(self, method: str, path: str) -> bool:
+        # the listings too: websockets half-closes after a plain response and waits for the client, which a
+        # keep-alive client (httpx, the openai SDK) never does until it is collected
+        return method != "GET" or path in LISTINGS
+
+    # ---- listings ----------------------------------------------------------------------------------
     def models(self) -> dict[str, Any]:
         info = self.server.info
         return {"object": "list", "data": [{"id": info.name, "object": "model", "created": int(self.server.started),
@@ -63,6 +70,14 @@ class OpenAIRoutes(HttpRoutes):
                                             "language": e.language, "instructions": e.instruct}
                                            for e in info.entries]}
 
+    def listing(self, path: str) -> dict[str, Any]:
+        if path == "/v1/models":
+            return self.models()
+        if path == "/v1/audio/voices":
+            return self.voices()
+        return {"voices": [{"voice_id": e.name, "name": e.name, "category": e.kind,
+                            "labels": {"language": e.language}} for e in self.server.info.entries]}
+
     # ---- diverted requests -----------------------------------------------------------------------
     async def refuse(self, exchange: HttpExchange, error: HttpError) -> None:
         await self._error(exchange, ApiError(error.status, error.message))
@@ -70,12 +85,17 @@ class OpenAIRoutes(HttpRoutes):
     async def serve(self, request: HttpRequest, exchange: HttpExchange) -> None:
         metrics = self.server.metrics
         try:
-            if request.path != SPEECH_PATH:
+            method = "GET" if request.path in LISTINGS else "POST"
+            if request.path != SPEECH_PATH and method == "POST":
                 raise ApiError(404, f"no route {request.method} {request.path}", code="not_found")
-            if request.method != "POST":
-                raise ApiError(405, f"{request.path} takes POST", code="method_not_allowed")
+            if request.method != method:
+                raise ApiError(405, f"{request.path} takes {method}", code="method_not_allowed")
             if not self.server.authorized(request.headers, request.query):
                 raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key")
+            if method == "GET":
+                listing = self.listing(request.path)
+                await exchange.respond(200, (json.dumps(listing) + "\n").encode(), "application/json")
+                return
             await self._speech(request, exchange)
         except ApiError as err:
             await self._error(exchange, err)

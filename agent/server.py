@@ -236,13 +236,6 @@ class Server:
             if refusal is not None:
                 return _response(refusal[0], (refusal[1] + "\n").encode(), "text/plain; charset=utf-8")
             return None
-        if path in ("/v1/models", "/v1/audio/voices", "/v1/voices"):
-            if not self._authorized(request, query):
-                return _json(401, {"error": {"message": "missing or wrong API key", "type": "invalid_request_error",
-                                             "param": None, "code": "invalid_api_key"}})
-            if path == "/v1/models":
-                return _json(200, self.openai.models())
-            return _json(200, self.openai.voices() if path == "/v1/audio/voices" else ElevenLabsSocket.voices(self))
         if path == "/healthz":
             return _json(200, self.health())
         if path == "/metrics":
