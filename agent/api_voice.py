@@ -40,7 +40,7 @@ def resolve_voice(info: ModelInfo, name: str, language: str | None = None,
         try:
             lang = language_name(info, language)
         except VoiceError as exc:
-            raise ApiVoiceError("language", exc.text) from None
+            raise ApiVoiceError("language", str(exc)) from None
     warning = None
     if instruct and not entry.instruct:
         warning = "this model does not follow style instructions; the instruction was ignored"

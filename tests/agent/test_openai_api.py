@@ -17,7 +17,7 @@ from agent.segments import split_text
 from agent.settings import ApiSettings
 
 from .audio_compare import assert_close_lossy, decode, engine_pcm
-from .conftest import API_KEY, ServerThread, http_get
+from .conftest import API_KEY, ServerThread, http_get, wait_no_streams
 
 TEXT = "Hello there, how are you today?"
 
@@ -107,10 +107,7 @@ def test_a_client_that_disconnects_cancels_the_engine_stream(server: ServerThrea
             got += sock.recv(65536)
         assert got.startswith(b"HTTP/1.1 200 ")
         assert engine.scheduler.live_streams == 1
-    deadline = time.monotonic() + 2.0
-    while engine.scheduler.live_streams and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.scheduler.live_streams == 0  # cancelled long before the text was spoken
+    assert wait_no_streams(engine) == 0  # cancelled long before the text was spoken
     speak_ok(server)
 
 
