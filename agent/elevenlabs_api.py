@@ -97,6 +97,7 @@ class ElevenLabsSocket:
 
     # ---- reading -------------------------------------------------------------------------------
     async def run(self) -> None:
+        self.server.metrics.api_requests_total.inc(api="elevenlabs", status="101")
         try:
             async for data in self.ws:
                 await self.handle(data)
@@ -198,7 +199,10 @@ class ElevenLabsSocket:
         self.contexts[cid] = ctx
         ctx.task = asyncio.get_running_loop().create_task(self._play(ctx), name=f"elevenlabs-{cid}")
 
-        def forget(_: asyncio.Task[None]) -> None:
+        def forget(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and not isinstance(
+                    task.exception(), ConnectionClosed):
+                log.error("elevenlabs context %r failed", cid, exc_info=task.exception())
             if self.contexts.get(cid) is ctx and not self.closing:
                 del self.contexts[cid]  # done: its id may open a new context
 
@@ -254,7 +258,11 @@ class ElevenLabsSocket:
                 async for frame in stream:
                     await self._audio(ctx, resampler.push(frame.pcm))
                     self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
-                await self._audio(ctx, resampler.drain())
+                end = stream.end
+                if end is not None and end.reason == "cancelled":
+                    resampler.reset()  # nothing of a stopped utterance after its stop
+                else:
+                    await self._audio(ctx, resampler.drain())
                 ctx.streams.popleft()
         finally:
             for stream in ctx.streams:

@@ -157,10 +157,12 @@ class FrontConnection(ServerConnection):
         if self._mode == "ws":
             super().data_received(data)
             return
-        self._buffer += data
         if self._mode == "http":
-            self._check_body()
+            if self._request is not None and len(self._buffer) < self._body_needed:
+                self._buffer += data  # the body; anything after it (pipelining, junk) is dropped
+                self._check_body()
             return
+        self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")
         line_end = self._buffer.find(b"\r\n")
         if line_end < 0 and len(self._buffer) <= MAX_HEAD_BYTES:

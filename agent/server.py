@@ -229,11 +229,12 @@ class Server:
             return None  # WebSocket handshake
         if is_elevenlabs_path(path):
             # no key at all: the init message may bring it (ElevenLabs' xi_api_key); a wrong one: refused now
-            if self.has_key(request.headers, query) and not self._authorized(request, query):
-                self.metrics.errors_total.inc(code="unauthorized")
-                return _response(401, b"wrong API key\n", "text/plain; charset=utf-8")
             refusal = refuse_reason(self, path, query)
+            if self.has_key(request.headers, query) and not self._authorized(request, query):
+                refusal = (401, "wrong API key")
             if refusal is not None:
+                self.metrics.api_requests_total.inc(api="elevenlabs", status=str(refusal[0]))
+                self.metrics.errors_total.inc(code="unauthorized" if refusal[0] == 401 else "bad_request")
                 return _response(refusal[0], (refusal[1] + "\n").encode(), "text/plain; charset=utf-8")
             return None
         if path == "/healthz":

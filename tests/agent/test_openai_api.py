@@ -52,14 +52,16 @@ def test_every_format_decodes_to_the_engine_audio(server: ServerThread, referenc
         assert_close_lossy(reference, got)
 
 
-def test_streaming_response_sends_audio_as_it_is_made(server: ServerThread, reference: np.ndarray) -> None:
+def test_streaming_response_sends_audio_as_it_is_made_and_drops_instructions(server: ServerThread, reference: np.ndarray) -> None:
     arrivals: list[tuple[float, int]] = []
     body = b""
     start = time.monotonic()
     with client(server).audio.speech.with_streaming_response.create(
-            model="tiny", voice="vivian", input=TEXT, response_format="pcm") as response:
+            model="tiny", voice="vivian", input=TEXT, response_format="pcm", instructions="Speak softly.") as response:
         assert response.headers["transfer-encoding"] == "chunked"
         assert response.headers["content-type"] == "audio/pcm"
+        # the tiny model is a 0.6B CustomVoice: it takes no instruction, and says so
+        assert "instruction" in response.headers["x-voicegate-warning"]
         for chunk in response.iter_bytes(3840):
             arrivals.append((time.monotonic() - start, len(chunk)))
             body += chunk
