@@ -118,11 +118,11 @@ class ElevenLabsSocket:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, data: str | bytes) -> None:
+        limit = self.server.settings.api.max_message_bytes
         if isinstance(data, bytes):
             return await self._error("invalid_message", "binary frames are not part of this API; send JSON text")
-        if len(data) > self.server.settings.api.max_message_bytes:
-            return await self._error("message_too_large", f"a message may hold {self.server.settings.api.max_message_bytes} "
-                                                    f"bytes")
+        if len(data) > limit:
+            return await self._error("message_too_large", f"a message may hold {limit} bytes")
         try:
             msg = json.loads(data)
         except ValueError:
@@ -130,29 +130,29 @@ class ElevenLabsSocket:
         if not isinstance(msg, dict):
             return await self._error("invalid_message", "a message is a JSON object")
         if self.authed is None:  # no key at the handshake: the first message must bring it
-            self.authed = self.server.authorized(self.ws.request.headers, {},  # type: ignore[union-attr]
-                                                 str(msg.get("xi_api_key") or ""))
+            assert self.ws.request is not None
+            self.authed = self.server.authorized(self.ws.request.headers, {}, str(msg.get("xi_api_key") or ""))
         if not self.authed:
-            self.server.metrics.errors_total.inc(code="unauthorized")
-            await self._error("invalid_api_key", "missing or wrong API key (xi-api-key header, ?xi_api_key=, or the "
-                                           "init message's xi_api_key)")
+            await self._error("invalid_api_key", "missing or wrong API key (xi-api-key header, ?xi_api_key=, "
+                                                 "or the init message's xi_api_key)")
             await self.ws.close(CLOSE_POLICY, "unauthorized")
             self.closing = True
             return None
-        text = msg.get("text")
+        text, cid = msg.get("text"), msg.get("context_id", msg.get("contextId"))
         if text is not None and not isinstance(text, str):
             return await self._error("invalid_message", "'text' must be a string")
-        cid = msg.get("context_id", msg.get("contextId"))
         if cid is not None and not isinstance(cid, str):
             return await self._error("invalid_message", "'context_id' must be a string")
+        return await self._apply(msg, text, cid if self.multi else None)
+
+    async def _apply(self, msg: dict[str, Any], text: str | None, cid: str | None) -> None:
+        """One well-formed message's verbs (see the module docstring)."""
         if msg.get("close_socket") is True:
             for ctx in self.contexts.values():
                 self._close(ctx)
             self.closing = True
             return None
-        if not self.multi:
-            cid = None
-        elif cid is None:
+        if self.multi and cid is None:
             if not text:
                 return None  # a keepalive
             cid = DEFAULT_CONTEXT
@@ -164,24 +164,25 @@ class ElevenLabsSocket:
             return None
         if ctx is None or ctx.closing:
             if self.multi and not text and not msg.get("flush"):
-                return None  # keepalive of a context that is gone, or an empty init
+                return None  # the keepalive of a context that is gone, or an empty init
             if ctx is not None:  # its id names a new context once its audio is done
                 return await self._error("context_closing", f"context {cid!r} is closing", cid)
             live = sum(1 for c in self.contexts.values() if not c.closing)
-            if self.multi and live >= self.server.settings.api.max_contexts:
-                return await self._error("max_active_conversations", f"{live} contexts are open (limit "
-                                   f"{self.server.settings.api.max_contexts}); close one first", cid)
+            limit = self.server.settings.api.max_contexts
+            if self.multi and live >= limit:
+                return await self._error("max_active_conversations",
+                                         f"{live} contexts are open (limit {limit}); close one first", cid)
             ctx = self._new_context(cid)
-        if text:
-            if not self.multi and text.strip() == "" and ctx.open is None and not ctx.streams:
-                pass  # stream-input's init message (" ")
-            elif (refused := self._push(ctx, text)) is not None:
-                return await self._error("text_limit", refused, cid)
-        elif text == "" and not self.multi:
-            self._flush(ctx)  # stream-input's end of input: speak it all, then isFinal and the close
+        if text == "" and not self.multi:  # stream-input's end of input: all of it spoken, isFinal, close
+            self._flush(ctx)
             self._close(ctx)
             self.closing = True
             return None
+        init = not self.multi and ctx.open is None and not ctx.streams and not (text or "").strip()
+        if text and not init:  # (stream-input's init message is a lone space)
+            refused = self._push(ctx, text)
+            if refused is not None:
+                return await self._error("text_limit", refused, cid)
         if msg.get("flush") is True:
             self._flush(ctx)
         return None
