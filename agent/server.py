@@ -6,9 +6,10 @@ Routes:
   GET /metrics      Prometheus text (API key required when one is set)
   GET /v1/session   WebSocket: a new session, or `?session=ID&token=TOKEN` to join one as a producer
                     (API key, when set: `Authorization: Bearer KEY` or `?api_key=KEY`)
-  POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices
-                    OpenAI's speech API (agent.openai_api; the POST through agent.http_front)
-  GET /v1/text-to-speech/{voice}/stream-input, .../multi-stream-input, GET /v1/voices
+  POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices, GET /v1/voices
+                    OpenAI's speech API and the listings (agent.openai_api), answered by agent.http_front's
+                    layer beside websockets (request bodies, chunked responses) on this same socket
+  GET /v1/text-to-speech/{voice}/stream-input, .../multi-stream-input
                     ElevenLabs' streaming-input WebSockets (agent.elevenlabs_api)
 
 The server owns one engine (shared by every session: its scheduler batches their streams) and the
