@@ -204,7 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings)
 
     def started(srv: Server) -> None:
-        print(f"voicegate: serving {args.model} on http://{args.host}:{srv.port}/ (WebSocket /v1/session)",
+        print(f"voicegate: serving {args.model} on http://{args.host}:{srv.port}/ (WebSocket /v1/session; "
+              f"OpenAI POST /v1/audio/speech; ElevenLabs /v1/text-to-speech/VOICE/stream-input)",
               file=sys.stderr, flush=True)
 
     try:

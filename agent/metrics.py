@@ -1,127 +1,107 @@
-"""Prometheus text exposition with no dependency: counters, gauges and histograms, all on the event loop.
+"""The server's Prometheus metrics on `prometheus_client`, in a registry of each server's own.
 
-Only the event loop updates these (no locks); values read from the engine thread (batch sizes) are taken
-at scrape time. Names follow Prometheus conventions: seconds, `_total` counters.
+A per-server `CollectorRegistry` (never the global one) lets several servers share a process (tests,
+benchmarks) without colliding. Only the event loop updates these; values owned by other code (open
+sessions, the engine's step counter, its batch sizes) are read at scrape time. The thin wrappers keep the
+call sites small (`inc(code=...)`, `observe`, `get`, `count`) and let a benchmark swap a histogram for a
+recorder of raw values.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # the text format generate_latest writes
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 JITTER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-Labels = tuple[tuple[str, str], ...]
-
-
-def _fmt_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
-    items = [*labels, extra] if extra else list(labels)
-    if not items:
-        return ""
-    body = ",".join(f'{k}="{v}"'.replace("\n", " ") for k, v in items)
-    return "{" + body + "}"
-
-
-def _fmt(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
 
 class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help = name, help_text
-        self.values: dict[Labels, float] = {}
+    def __init__(self, registry: CollectorRegistry, name: str, help_text: str,
+                 labels: tuple[str, ...] = ()) -> None:
+        self.name, self.registry = name, registry
+        self._metric = PromCounter(name, help_text, labelnames=labels, registry=registry)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        self.values[key] = self.values.get(key, 0.0) + amount
+        (self._metric.labels(**labels) if labels else self._metric).inc(amount)
 
     def get(self, **labels: str) -> float:
-        return self.values.get(tuple(sorted(labels.items())), 0.0)
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.values.items()):
-            yield f"{self.name}{_fmt_labels(labels)} {_fmt(value)}"
-
-
-class Gauge:
-    """A value computed at scrape time."""
-
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.name, self.help, self.read = name, help_text, read
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        yield f"{self.name} {_fmt(self.read())}"
+        return self.registry.get_sample_value(self.name, labels) or 0.0
 
 
 class Histogram:
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help = name, help_text
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.count = 0
-        self.sum = 0.0
+    def __init__(self, registry: CollectorRegistry, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.registry = name, registry
+        self._metric = PromHistogram(name, help_text, buckets=buckets, registry=registry)
 
     def observe(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-                break
+        self._metric.observe(value)
 
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        cumulative = 0
-        for bound, n in zip(self.buckets, self.counts, strict=True):
-            cumulative += n
-            yield f'{self.name}_bucket{{le="{_fmt(bound)}"}} {cumulative}'
-        yield f'{self.name}_bucket{{le="+Inf"}} {self.count}'
-        yield f"{self.name}_sum {_fmt(self.sum)}"
-        yield f"{self.name}_count {self.count}"
+    @property
+    def count(self) -> int:
+        return int(self.registry.get_sample_value(self.name + "_count") or 0)
+
+
+class _ScrapeGauges(Collector):
+    """Gauges computed when scraped. A custom collector: its names are not checked against the counters'
+    (`voicegate_sessions` next to the counter `voicegate_sessions_total` is legal in the text format, but
+    prometheus_client's own Gauge would refuse it)."""
+
+    def __init__(self) -> None:
+        self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, read in self.gauges:
+            yield GaugeMetricFamily(name, help_text, value=float(read()))
 
 
 class Metrics:
     """Every metric the server exposes at GET /metrics."""
 
     def __init__(self) -> None:
-        self.sessions_total = Counter("voicegate_sessions_total", "Sessions created.")
-        self.utterances_total = Counter("voicegate_utterances_total",
+        self.registry = CollectorRegistry()
+        self._gauges = _ScrapeGauges()
+        self.registry.register(self._gauges)
+        r = self.registry
+        self.sessions_total = Counter(r, "voicegate_sessions_total", "Sessions created.")
+        self.utterances_total = Counter(r, "voicegate_utterances_total",
                                         "Utterances ended, by how they ended (eos, cap, empty, cancel, "
-                                        "barge_in, error, shutdown).")
-        self.audio_seconds_total = Counter("voicegate_audio_seconds_total", "Seconds of speech audio sent.")
-        self.errors_total = Counter("voicegate_errors_total", "Error events and refused connections, by code.")
-        self.first_audio = Histogram("voicegate_first_audio_latency_seconds",
+                                        "barge_in, error, shutdown).", ("ended_by",))
+        self.audio_seconds_total = Counter(r, "voicegate_audio_seconds_total", "Seconds of speech audio sent.")
+        self.errors_total = Counter(r, "voicegate_errors_total", "Error events and refused connections, by code.",
+                                    ("code",))
+        self.api_requests_total = Counter(r, "voicegate_api_requests_total",
+                                          "Requests to the compatible APIs (openai, elevenlabs), by status.",
+                                          ("api", "status"))
+        self.first_audio = Histogram(r, "voicegate_first_audio_latency_seconds",
                                      "First text of an utterance (or its turn to play) -> first audio sent.",
                                      LATENCY_BUCKETS)
-        self.first_audio_overhead = Histogram("voicegate_first_audio_server_seconds",
+        self.first_audio_overhead = Histogram(r, "voicegate_first_audio_server_seconds",
                                               "Server part of first-audio latency: engine frame ready -> sent.",
                                               JITTER_BUCKETS)
-        self.bargein = Histogram("voicegate_bargein_latency_seconds",
+        self.bargein = Histogram(r, "voicegate_bargein_latency_seconds",
                                  "VAD decision (arrival of the deciding mic frame) -> stream cancelled and "
                                  "queued audio dropped.", JITTER_BUCKETS)
-        self.bargein_onset = Histogram("voicegate_bargein_onset_latency_seconds",
+        self.bargein_onset = Histogram(r, "voicegate_bargein_onset_latency_seconds",
                                        "Estimated speech onset in the mic audio -> barge-in done.",
                                        LATENCY_BUCKETS)
-        self.frame_jitter = Histogram("voicegate_frame_jitter_seconds",
+        self.frame_jitter = Histogram(r, "voicegate_frame_jitter_seconds",
                                       "Lateness of paced audio frames against their schedule (headless modes).",
                                       JITTER_BUCKETS)
-        self.engine_batch = Histogram("voicegate_engine_batch_size", "Streams stepped together per engine step.",
+        self.engine_batch = Histogram(r, "voicegate_engine_batch_size", "Streams stepped together per engine step.",
                                       BATCH_BUCKETS)
-        self.gauges: list[Gauge] = []
         self._batch_source: Callable[[], list[int]] | None = None
         self._batch_seen = 0
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges.append(Gauge(name, help_text, read))
+        self._gauges.gauges.append((name, help_text, read))
 
     def track_engine_batches(self, batch_sizes: Callable[[], list[int]]) -> None:
         """The engine appends one batch size per step; new entries are folded in at each scrape."""
@@ -140,11 +120,4 @@ class Metrics:
 
     def render(self) -> str:
         self._fold_batches()
-        lines: list[str] = []
-        for gauge in self.gauges:
-            lines += gauge.render()
-        for metric in (self.sessions_total, self.utterances_total, self.audio_seconds_total, self.errors_total,
-                       self.first_audio, self.first_audio_overhead, self.bargein, self.bargein_onset,
-                       self.frame_jitter, self.engine_batch):
-            lines += metric.render()
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

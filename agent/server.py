@@ -6,6 +6,11 @@ Routes:
   GET /metrics      Prometheus text (API key required when one is set)
   GET /v1/session   WebSocket: a new session, or `?session=ID&token=TOKEN` to join one as a producer
                     (API key, when set: `Authorization: Bearer KEY` or `?api_key=KEY`)
+  POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices, GET /v1/voices
+                    OpenAI's speech API and the listings (agent.openai_api), answered by agent.http_front's
+                    layer beside websockets (request bodies, chunked responses) on this same socket
+  GET /v1/text-to-speech/{voice}/stream-input, .../multi-stream-input
+                    ElevenLabs' streaming-input WebSockets (agent.elevenlabs_api)
 
 The server owns one engine (shared by every session: its scheduler batches their streams) and the
 session table. Shutdown (SIGINT/SIGTERM via `run`): stop accepting, flush open utterances, give in-flight
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import hmac
 import http
 import json
@@ -37,7 +43,11 @@ from websockets.http11 import Request, Response
 
 from . import protocol
 from .connection import Connection
+from .elevenlabs_api import ElevenLabsSocket, is_elevenlabs_path, refuse_reason
+from .http_front import FrontConnection
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .openai_api import OpenAIRoutes
 from .session import ModelInfo, Session
 from .settings import ServerSettings
 from .signals import wait_for_stop_signal
@@ -47,6 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+OPEN_TIMEOUT_S = 10.0  # a connection must send its request (and a WebSocket finish its handshake) this soon
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".json": "application/json", ".wav": "audio/wav",
                  ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
@@ -90,6 +101,8 @@ class Server:
         self.shutting_down = False
         self._ws: WsServer | None = None
         self._port = self.settings.port
+        self.openai = OpenAIRoutes(self)
+        self._http_tasks: set[asyncio.Task[None]] = set()  # diverted HTTP requests (agent.http_front)
         m = self.metrics
         m.gauge("voicegate_sessions", "Open sessions.", lambda: len(self.sessions))
         m.gauge("voicegate_connections", "Open session WebSockets.",
@@ -127,13 +140,21 @@ class Server:
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        front = functools.partial(FrontConnection, routes=self.openai, open_timeout=OPEN_TIMEOUT_S,
+                                  track=self._track_http)
+        # open_timeout=None: FrontConnection applies it to handshakes itself, and not to streamed responses
         self._ws = await serve(self._handler, s.host, s.port, process_request=self._process_request,
+                               create_connection=front, open_timeout=None,  # type: ignore[arg-type]
                                max_size=s.max_frame_bytes, max_queue=s.max_incoming_queue,
                                write_limit=s.write_limit, ping_interval=s.ping_interval,
                                ping_timeout=s.ping_timeout, server_header="voicegate",
                                compression="deflate" if s.compression else None)
         self._port = int(self._ws.sockets[0].getsockname()[1])
         log.info("voicegate serving on http://%s:%d/", s.host, self._port)
+
+    def _track_http(self, task: asyncio.Task[None]) -> None:
+        self._http_tasks.add(task)
+        task.add_done_callback(self._http_tasks.discard)
 
     @property
     def port(self) -> int:
@@ -147,6 +168,8 @@ class Server:
         self.shutting_down = True
         if self._ws is not None:
             self._ws.server.close()  # stop accepting; open connections stay until their sessions end
+        for task in list(self._http_tasks):  # a streamed HTTP response is cut (its engine stream stops)
+            task.cancel()
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.shutdown(self.settings.shutdown_grace_s) for s in sessions),
                              return_exceptions=True)
@@ -172,12 +195,24 @@ class Server:
 
     # ---- HTTP -------------------------------------------------------------------------------------
     def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
+        return self.authorized(request.headers, query)
+
+    def authorized(self, headers: Headers, query: dict[str, list[str]], given: str | None = None) -> bool:
+        """The API key (when one is set) as `Authorization: Bearer`, `xi-api-key`, `?api_key=`,
+        `?xi_api_key=`, or `given` (an ElevenLabs init message's `xi_api_key`)."""
         key = self.settings.api_key
         if not key:
             return True
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else (query.get("api_key") or [""])[0]
+        header = headers.get("Authorization", "")
+        if given is None:
+            given = (header[7:] if header.startswith("Bearer ") else headers.get("xi-api-key")
+                     or (query.get("api_key") or query.get("xi_api_key") or [""])[0])
         return hmac.compare_digest(given.encode(), key.encode())
+
+    def has_key(self, headers: Headers, query: dict[str, list[str]]) -> bool:
+        """Whether the request carries any API key at all (ElevenLabs may send it later, in its init)."""
+        return bool(headers.get("Authorization") or headers.get("xi-api-key") or query.get("api_key")
+                    or query.get("xi_api_key"))
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -193,13 +228,23 @@ class Server:
                 if sock is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_send_buffer)
             return None  # WebSocket handshake
+        if is_elevenlabs_path(path):
+            # no key at all: the init message may bring it (ElevenLabs' xi_api_key); a wrong one: refused now
+            refusal = refuse_reason(self, path, query)
+            if self.has_key(request.headers, query) and not self._authorized(request, query):
+                refusal = (401, "wrong API key")
+            if refusal is not None:
+                self.metrics.api_requests_total.inc(api="elevenlabs", status=str(refusal[0]))
+                self.metrics.errors_total.inc(code="unauthorized" if refusal[0] == 401 else "bad_request")
+                return _response(refusal[0], (refusal[1] + "\n").encode(), "text/plain; charset=utf-8")
+            return None
         if path == "/healthz":
             return _json(200, self.health())
         if path == "/metrics":
             if not self._authorized(request, query):
                 return _response(401, b"missing or wrong API key\n", "text/plain; charset=utf-8",
                                  {"WWW-Authenticate": "Bearer"})
-            return _response(200, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+            return _response(200, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
         return self._static(path)
 
     def health(self) -> dict[str, Any]:
@@ -247,7 +292,11 @@ class Server:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        query = parse_qs(urlsplit(ws.request.path).query)
+        url = urlsplit(ws.request.path)
+        query = parse_qs(url.query)
+        if is_elevenlabs_path(url.path):
+            await ElevenLabsSocket(self, ws, url.path, query).run()
+            return
         conn = Connection(ws, self.settings.session.max_outgoing_bytes,
                           on_error=lambda code: self.metrics.errors_total.inc(code=code))
         session: Session | None = None

@@ -35,6 +35,17 @@ class SessionSettings:
 
 
 @dataclass
+class ApiSettings:
+    """The compatible APIs (docs/openai.md, docs/elevenlabs.md): their limits and fixed choices."""
+
+    max_input_chars: int = 4096  # POST /v1/audio/speech `input` (OpenAI's own limit); more -> 400
+    segment_chars: int = 400  # a long input is spoken as engine streams of at most this (split at sentences)
+    seed: int = 0  # sampling seed of every API stream: the same text and voice give the same audio
+    max_contexts: int = 5  # ElevenLabs multi-stream-input: open contexts per socket (ElevenLabs' own limit)
+    max_message_bytes: int = 64 * 1024  # one ElevenLabs text message; more -> error, socket lives on
+
+
+@dataclass
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -56,6 +67,7 @@ class ServerSettings:
     static_dir: Path | None = None  # the page at "/" (default: the installed web_client package)
     voices_dir: Path | None = None  # saved voices next to the presets (None: presets only; CLI: default dir)
     session: SessionSettings = field(default_factory=SessionSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     def check_exposure(self) -> None:
         """A server reachable from other machines must have an API key (ValueError says why)."""

@@ -106,6 +106,15 @@ class ServerThread:
             time.sleep(0.02)
 
 
+def wait_no_streams(engine: Any, timeout: float = 2.0) -> int:
+    """Engine streams still live after waiting up to `timeout` for all to end (a cancel frees its row at the
+    engine's next step)."""
+    deadline = time.monotonic() + timeout
+    while engine.scheduler.live_streams and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return int(engine.scheduler.live_streams)
+
+
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
     """(status, content type, body) — blocking; call through asyncio.to_thread from async tests."""
     request = urllib.request.Request(url, headers=headers or {})

@@ -159,11 +159,11 @@ def test_metrics_render_prometheus_text() -> None:
     sizes = [1, 2, 2]
     m.track_engine_batches(lambda: sizes)
     text = m.render()
-    assert "# TYPE voicegate_sessions gauge\nvoicegate_sessions 3\n" in text
+    assert "# TYPE voicegate_sessions gauge\nvoicegate_sessions 3.0\n" in text  # prometheus_client writes floats
     assert 'voicegate_utterances_total{ended_by="eos"} 2' in text
     assert 'voicegate_first_audio_latency_seconds_bucket{le="0.05"} 1' in text
     assert 'voicegate_first_audio_latency_seconds_bucket{le="+Inf"} 2' in text
     assert "voicegate_first_audio_latency_seconds_count 2" in text
-    assert 'voicegate_engine_batch_size_bucket{le="2"} 3' in text
+    assert 'voicegate_engine_batch_size_bucket{le="2.0"} 3.0' in text
     sizes.append(8)
     assert "voicegate_engine_batch_size_count 4" in m.render()  # new steps folded in once

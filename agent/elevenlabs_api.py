@@ -1,0 +1,294 @@
+"""ElevenLabs' streaming-input WebSockets on the serve port (docs/elevenlabs.md lists what is honoured).
+
+    /v1/text-to-speech/{voice_id}/stream-input          one implicit context; {"text": ""} ends it
+    /v1/text-to-speech/{voice_id}/multi-stream-input    up to `max_contexts` contexts, named by context_id
+
+Text of any size goes straight into the context's engine stream (`push_text`): nothing is buffered, so
+`chunk_length_schedule` and `try_trigger_generation` have nothing to do. `flush` ends the current utterance
+(the engine finishes it at once); text after it starts the next one, which plays after it in the same
+context. `close_context` ends a context: flushed text is spoken to its end, unflushed text is dropped and its
+engine stream stopped at once (pipecat sends flush + close_context at the end of a turn, and close_context
+alone on an interruption), then {"isFinal": true} follows the context's last audio.
+
+Each context has one task that sends its audio, utterance after utterance, as base64 PCM at the socket's
+`output_format` rate. The reader never waits on audio; a socket that closes cancels every context's task
+and engine stream. Bad messages get {"error", "message"} and the socket stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from .api_voice import ApiVoice, ApiVoiceError, resolve_voice
+from .audio import Resampler
+from .settings import FRAME_MS, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from tts_engine.stream import Stream
+
+    from .server import Server
+
+log = logging.getLogger(__name__)
+
+PATH_RE = re.compile(r"^/v1/text-to-speech/([^/]+)/(stream-input|multi-stream-input)$")
+PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+DEFAULT_FORMAT = "pcm_24000"  # ElevenLabs' default is mp3_44100_128, which we do not make: see docs
+DEFAULT_CONTEXT = "default"  # multi-stream-input text without a context_id
+CLOSE_POLICY = 1008
+
+
+def is_elevenlabs_path(path: str) -> bool:
+    return PATH_RE.match(path) is not None
+
+
+def output_rate(query: dict[str, list[str]]) -> int:
+    """The `output_format` query parameter's sample rate (ValueError for formats we do not make)."""
+    fmt = (query.get("output_format") or [DEFAULT_FORMAT])[0]
+    match = re.fullmatch(r"pcm_(\d+)", fmt)
+    if match is None or int(match.group(1)) not in PCM_RATES:
+        raise ValueError(f"unsupported output_format {fmt!r}; this server sends raw PCM: "
+                         f"{', '.join(f'pcm_{r}' for r in PCM_RATES)}")
+    return int(match.group(1))
+
+
+def handshake_voice(server: Server, path: str, query: dict[str, list[str]]) -> ApiVoice:
+    """The voice and language of a socket, checked before the WebSocket opens (ApiVoiceError, ValueError)."""
+    match = PATH_RE.match(path)
+    assert match is not None
+    output_rate(query)
+    language = (query.get("language_code") or [None])[0]
+    return resolve_voice(server.info, unquote(match.group(1)), language)
+
+
+@dataclass(eq=False)
+class Context:
+    """One context's utterances (engine streams, in order) and the task that sends their audio."""
+
+    id: str | None  # None: stream-input's implicit context
+    streams: collections.deque[Stream] = field(default_factory=collections.deque)
+    open: Stream | None = None  # taking text (unflushed)
+    closing: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class ElevenLabsSocket:
+    def __init__(self, server: Server, ws: ServerConnection, path: str, query: dict[str, list[str]]) -> None:
+        self.server, self.ws = server, ws
+        self.multi = path.endswith("/multi-stream-input")
+        self.voice = handshake_voice(server, path, query)  # checked in process_request already
+        self.rate = output_rate(query)
+        assert ws.request is not None
+        headers = ws.request.headers
+        self.authed = server.authorized(headers, query) if server.has_key(headers, query) else None
+        self.contexts: dict[str | None, Context] = {}
+        self.closing = False
+
+    # ---- reading -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.server.metrics.api_requests_total.inc(api="elevenlabs", status="101")
+        try:
+            async for data in self.ws:
+                await self.handle(data)
+                if self.closing:
+                    break
+            if self.closing:  # close_socket, or the end of a stream-input: the audio first, then the close
+                await asyncio.gather(*(c.task for c in self.contexts.values() if c.task is not None),
+                                     return_exceptions=True)
+                await self.ws.close(1000, "done")
+        except ConnectionClosed:
+            pass
+        finally:
+            for ctx in self.contexts.values():
+                self._stop(ctx)
+            tasks = [c.task for c in self.contexts.values() if c.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def handle(self, data: str | bytes) -> None:
+        limit = self.server.settings.api.max_message_bytes
+        if isinstance(data, bytes):
+            return await self._error("invalid_message", "binary frames are not part of this API; send JSON text")
+        if len(data) > limit:
+            return await self._error("message_too_large", f"a message may hold {limit} bytes")
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return await self._error("invalid_message", "not JSON")
+        if not isinstance(msg, dict):
+            return await self._error("invalid_message", "a message is a JSON object")
+        if self.authed is None:  # no key at the handshake: the first message must bring it
+            assert self.ws.request is not None
+            self.authed = self.server.authorized(self.ws.request.headers, {}, str(msg.get("xi_api_key") or ""))
+        if not self.authed:
+            await self._error("invalid_api_key", "missing or wrong API key (xi-api-key header, ?xi_api_key=, "
+                                                 "or the init message's xi_api_key)")
+            await self.ws.close(CLOSE_POLICY, "unauthorized")
+            self.closing = True
+            return None
+        text, cid = msg.get("text"), msg.get("context_id", msg.get("contextId"))
+        if text is not None and not isinstance(text, str):
+            return await self._error("invalid_message", "'text' must be a string")
+        if cid is not None and not isinstance(cid, str):
+            return await self._error("invalid_message", "'context_id' must be a string")
+        return await self._apply(msg, text, cid if self.multi else None)
+
+    async def _apply(self, msg: dict[str, Any], text: str | None, cid: str | None) -> None:
+        """One well-formed message's verbs (see the module docstring)."""
+        if msg.get("close_socket") is True:
+            for ctx in self.contexts.values():
+                self._close(ctx)
+            self.closing = True
+            return None
+        if self.multi and cid is None:
+            if not text:
+                return None  # a keepalive
+            cid = DEFAULT_CONTEXT
+        ctx = self.contexts.get(cid)
+        if msg.get("close_context") is True:
+            if ctx is None:
+                return await self._error("context_not_found", f"no open context {cid!r}", cid)
+            self._close(ctx)
+            return None
+        if ctx is None or ctx.closing:
+            if self.multi and not text and not msg.get("flush"):
+                return None  # the keepalive of a context that is gone, or an empty init
+            if ctx is not None:  # its id names a new context once its audio is done
+                return await self._error("context_closing", f"context {cid!r} is closing", cid)
+            live = sum(1 for c in self.contexts.values() if not c.closing)
+            limit = self.server.settings.api.max_contexts
+            if self.multi and live >= limit:
+                return await self._error("max_active_conversations",
+                                         f"{live} contexts are open (limit {limit}); close one first", cid)
+            ctx = self._new_context(cid)
+        if text == "" and not self.multi:  # stream-input's end of input: all of it spoken, isFinal, close
+            self._flush(ctx)
+            self._close(ctx)
+            self.closing = True
+            return None
+        init = not self.multi and ctx.open is None and not ctx.streams and not (text or "").strip()
+        if text and not init:  # (stream-input's init message is a lone space)
+            refused = self._push(ctx, text)
+            if refused is not None:
+                return await self._error("text_limit", refused, cid)
+        if msg.get("flush") is True:
+            self._flush(ctx)
+        return None
+
+    async def _error(self, code: str, message: str, cid: str | None = None) -> None:
+        self.server.metrics.errors_total.inc(code=code)
+        body: dict[str, Any] = {"error": code, "message": message}
+        if cid is not None:
+            body["contextId"] = cid
+        await self.ws.send(json.dumps(body))
+
+    # ---- contexts ------------------------------------------------------------------------------
+    def _new_context(self, cid: str | None) -> Context:
+        ctx = Context(cid)
+        self.contexts[cid] = ctx
+        ctx.task = asyncio.get_running_loop().create_task(self._play(ctx), name=f"elevenlabs-{cid}")
+
+        def forget(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None and not isinstance(
+                    task.exception(), ConnectionClosed):
+                log.error("elevenlabs context %r failed", cid, exc_info=task.exception())
+            if self.contexts.get(cid) is ctx and not self.closing:
+                del self.contexts[cid]  # done: its id may open a new context
+
+        ctx.task.add_done_callback(forget)
+        return ctx
+
+    def _push(self, ctx: Context, text: str) -> str | None:
+        """Text into the context's open utterance (opened by the first text after a flush); an error or None."""
+        if ctx.open is None:
+            ctx.open = self.server.engine.open_stream(**self.voice.stream_args, seed=self.server.settings.api.seed)
+            ctx.streams.append(ctx.open)
+            ctx.wake.set()
+        try:
+            ctx.open.push_text(text)
+        except ValueError as exc:  # over the engine's per-utterance limit
+            return f"{exc}; flush between sentences"
+        return None
+
+    @staticmethod
+    def _flush(ctx: Context) -> None:
+        """End the open utterance: the engine speaks it to its end; the next text opens another."""
+        if ctx.open is not None:
+            ctx.open.finish()
+            ctx.open = None
+
+    def _close(self, ctx: Context) -> None:
+        """No more text: unflushed text is dropped (its stream stops now); flushed text plays to its end."""
+        ctx.closing = True
+        if ctx.open is not None:
+            ctx.open.cancel()
+            ctx.open = None
+        ctx.wake.set()
+
+    @staticmethod
+    def _stop(ctx: Context) -> None:
+        ctx.closing = True
+        for stream in ctx.streams:
+            stream.cancel()
+        ctx.wake.set()
+
+    async def _play(self, ctx: Context) -> None:
+        """The context's audio: each utterance in order; {"isFinal": true} once it is closed and done."""
+        resampler = Resampler(SAMPLE_RATE, self.rate)
+        try:
+            while True:
+                while not ctx.streams:
+                    if ctx.closing:
+                        await self._send(ctx, {"isFinal": True})
+                        return
+                    ctx.wake.clear()
+                    await ctx.wake.wait()
+                stream = ctx.streams[0]
+                async for frame in stream:
+                    await self._audio(ctx, resampler.push(frame.pcm))
+                    self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
+                end = stream.end
+                if end is not None and end.reason == "cancelled":
+                    resampler.reset()  # nothing of a stopped utterance after its stop
+                else:
+                    await self._audio(ctx, resampler.drain())
+                ctx.streams.popleft()
+        finally:
+            for stream in ctx.streams:
+                stream.cancel()
+
+    async def _audio(self, ctx: Context, pcm: Any) -> None:
+        if len(pcm):
+            await self._send(ctx, {"audio": base64.b64encode(pcm.astype("<i2").tobytes()).decode(),
+                                   "isFinal": False, "normalizedAlignment": None, "alignment": None})
+
+    async def _send(self, ctx: Context, body: dict[str, Any]) -> None:
+        if ctx.id is not None:
+            body["contextId"] = ctx.id
+        await self.ws.send(json.dumps(body))
+
+
+def refuse_reason(server: Server, path: str, query: dict[str, list[str]]) -> tuple[int, str] | None:
+    """(status, message) when a socket cannot open: an unknown voice or language, an output format we lack."""
+    try:
+        handshake_voice(server, path, query)
+    except ApiVoiceError as exc:
+        return 404 if exc.param == "voice" else 400, exc.message
+    except ValueError as exc:
+        return 400, str(exc)
+    return None
+
+
+__all__ = ["ApiVoice", "ElevenLabsSocket", "is_elevenlabs_path", "refuse_reason"]
