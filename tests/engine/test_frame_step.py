@@ -3,7 +3,8 @@
 Two backends of torch.compile are used. "eager" runs dynamo's capture (fullgraph, guards, recompiles)
 with no code generation, so a long run with streams joining and leaving through several buckets and
 KV windows costs seconds; it checks capture and replay. "inductor" is the real compiler: one graph
-(one bucket, one window), since generating and building its C++ kernels takes minutes on this CPU.
+(one bucket, one window), since generating and building its C++ kernels takes minutes on this CPU
+(marked slow: CI runs it, a bare `pytest -q` does not).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def test_captured_step_replays_eager_codes_through_joins_leaves_and_windows(
     assert positions_used > graphs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows", [2])
 def test_inductor_step_equals_eager_greedy_and_sampled(tiny_checkpoint, tiny_model, fresh_dynamo,
                                                        rows: int) -> None:  # type: ignore[no-untyped-def]
