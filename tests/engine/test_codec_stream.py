@@ -31,6 +31,7 @@ def full(codec: StreamingCodecDecoder, codes: torch.Tensor) -> torch.Tensor:
         return codec.decoder(codes)[:, 0]  # (3, FRAMES * SPF)
 
 
+@torch.no_grad()
 def run(codec: StreamingCodecDecoder, codes: torch.Tensor, sizes: list[int],
         state: CodecStreamState | None = None) -> torch.Tensor:
     state = state if state is not None else codec.new_state(codes.shape[0])
