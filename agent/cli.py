@@ -149,7 +149,7 @@ def _synth_streaming(model, args: argparse.Namespace, voice: dict):  # type: ign
     else:
         words = text.split(" ")
         pieces = [w + " " for w in words[:-1]] + [words[-1]]
-    with build_engine(model, args.compile) as engine:
+    with build_engine(model, args.compile, max_streams=1) as engine:  # one stream: one bucket to compile
         started = time.perf_counter()
         stream = engine.open_stream(**voice, greedy=args.greedy, seed=args.seed, eos_policy=args.eos_policy)
         for piece in pieces:
