@@ -143,10 +143,10 @@ def _drop_caches(stack: DecoderStack) -> None:
 
 
 def _convert_talker_(talker: Talker, precision: str) -> None:
-    talker.to(COMPUTE_DTYPE)  # parameters and buffers: embeddings, norms, heads, biases
     if precision == "int8":  # every linear layer: decoder layers, text projection, predictor input and heads
-        count = quantize_linears_(talker, keep=(talker.codec_head,))
+        count = quantize_linears_(talker, keep=(talker.codec_head,))  # from the fp32 weights
         log.info("int8: %d linear layers quantized per output channel", count)
+    talker.to(COMPUTE_DTYPE)  # floating parameters and buffers (embeddings, norms, codec_head, biases); int8 stays
     for stack in (talker.model, talker.code_predictor.model):
         _drop_caches(stack)
 
