@@ -15,9 +15,10 @@ Per precision (tts_engine/precision.py builds each from the one fp32 load):
   `free_running_same_frames` counts the identical leading frames). `codec_converted` is false: the codec
   decoder stays fp32 in every mode, so decoding the same codes gives the same samples.
 - timing: per-frame ms split into talker (forward + code 0) / code predictor (15 codes) / codec (one
-  incremental frame), the same split as bench/engine.py, the precisions interleaved repeat by repeat
-  on one process (a busy machine slows all of them alike; medians over repeats); `engine_step_ms`: one
-  streaming-engine FrameStep (tts_engine/frame_step.py) with one live row.
+  incremental frame), the same split as bench/engine.py, and `frame_ms` their sum; `engine_step_ms`:
+  one streaming-engine FrameStep (tts_engine/frame_step.py) with one live row. The precisions run in
+  lockstep in one process (frame k of each, then frame k + 1), and each figure is the lower quartile
+  over frames and repeats: on a shared machine other jobs only ever add time.
 
 Random weights make the agreement figures pessimistic and odd: a random model's logits are nearly flat
 (the top two are often within bf16 rounding of each other), so small numeric differences flip the
@@ -35,6 +36,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +116,17 @@ def teacher_forced(model: TTSModel, text: str, speaker: str | None, ref_codes: t
     return {"picks": picks.cpu(), "code0": float(same[:, 0].float().mean()), "all16": float(same.float().mean())}
 
 
-@torch.no_grad()
-def time_frames(model: TTSModel, text: str, speaker: str | None, frames: int,
-                language: str = "auto") -> dict[str, float]:
-    """Greedy frames with the text known up front: ms per frame for talker / predictor / codec."""
+def frame_timings(model: TTSModel, text: str, speaker: str | None, frames: int,
+                  language: str = "auto") -> Iterator[dict[str, float]]:
+    """Greedy frames with the text known up front, one at a time: yields each frame's ms for talker
+    (forward + code 0) / predictor (15 codes) / codec (one incremental frame). A generator, so that
+    several models can be stepped in lockstep (a busy machine then slows them alike)."""
+    with torch.no_grad():
+        yield from _frame_timings(model, text, speaker, frames, language)
+
+
+def _frame_timings(model: TTSModel, text: str, speaker: str | None, frames: int,
+                   language: str) -> Iterator[dict[str, float]]:
     talker, dev = model.talker, model.device
     prompt = _Prompt(model, text, speaker, language)
     cfg = talker.config
@@ -131,9 +140,9 @@ def time_frames(model: TTSModel, text: str, speaker: str | None, frames: int,
     suppressed = suppressed_ids(cfg.vocab_size, eos, dev)
     penalty = torch.tensor([params.repetition_penalty], device=dev)
     no_eos = torch.tensor([False], device=dev)  # time a fixed number of frames
-    spent = {"talker": 0.0, "predictor": 0.0, "codec": 0.0}
     hidden = talker(prompt.prefill[None], torch.arange(length, device=dev)[None], aligned=True)[:, -1]
     for frame in range(frames):
+        spent = {"talker": 0.0, "predictor": 0.0, "codec": 0.0}
         t = time.perf_counter()
         logits = process_code0(talker.logits(hidden).float(), seen, penalty, no_eos, suppressed, eos)
         code0 = logits.argmax(-1)
@@ -154,27 +163,36 @@ def time_frames(model: TTSModel, text: str, speaker: str | None, frames: int,
         hidden = talker(x, torch.tensor([[length + frame]], device=dev), aligned=True)[:, -1]
         _sync(dev)
         spent["talker"] += time.perf_counter() - t
-    out = {f"{k}_ms": v * 1e3 / frames for k, v in spent.items()}
+        yield {f"{k}_ms": v * 1e3 for k, v in spent.items()}
+
+
+def time_frames(model: TTSModel, text: str, speaker: str | None, frames: int,
+                language: str = "auto") -> dict[str, float]:
+    """Mean ms per frame for talker / predictor / codec, and their sum `frame_ms`."""
+    rows = list(frame_timings(model, text, speaker, frames, language))
+    out = {key: statistics.fmean(r[key] for r in rows) for key in rows[0]}
     out["frame_ms"] = sum(out.values())
     return out
 
 
-@torch.no_grad()
-def time_engine_step(model: TTSModel, frames: int) -> float:
-    """Median ms of one FrameStep with one live row (the streaming engine's unit of work)."""
+def lower_quartile(values: list[float]) -> float:
+    return statistics.quantiles(values, n=4)[0] if len(values) > 1 else values[0]
+
+
+def engine_step_timings(model: TTSModel, frames: int) -> Iterator[float]:
+    """ms of each FrameStep (tts_engine/frame_step.py) with one live row, after one untimed step."""
     from tts_engine.frame_step import FrameStep, StepInputs
 
     step = FrameStep(model, rows=1, max_positions=128)
     sampling = model.sampling(greedy=True)
-    times = []
     for frame in range(frames + 1):
         inputs = StepInputs.empty(1)
         inputs.set_row(0, text_id=1, text_kind=0, position=frame, active=True, eos_ok=False, frame=frame,
                        sampling=sampling)
         t = time.perf_counter()
         step.run(inputs)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times[1:])  # the first one allocates
+        if frame:  # the first one allocates
+            yield (time.perf_counter() - t) * 1e3
 
 
 def snr_db(reference: np.ndarray, other: np.ndarray) -> float | None:
@@ -216,14 +234,24 @@ def run(base: TTSModel, text: str, frames: int, repeats: int, precisions: tuple[
                                "free_running": snr_db(ref.audio, free.audio)}
             entry["free_running_same_frames"] = _leading_same(ref.codes, free.codes)
         report["precisions"][name] = entry
-    runs: dict[str, list[dict[str, float]]] = {p: [] for p in models}
+    samples: dict[str, list[dict[str, float]]] = {p: [] for p in models}
     for round_ in range(repeats + 1):  # the first round warms every model up
         _progress(f"timing round {round_ + 1}/{repeats + 1}")
-        for name, model in models.items():
-            runs[name].append(time_frames(model, text, speaker, frames, language))
-    for name, model in models.items():
-        timing = {key: statistics.median(r[key] for r in runs[name][1:]) for key in runs[name][0]}
-        timing["engine_step_ms"] = time_engine_step(model, min(frames, 12))
+        runs = {name: frame_timings(model, text, speaker, frames, language) for name, model in models.items()}
+        for _ in range(frames):  # frame k of every precision, then frame k + 1: in lockstep
+            for name, frames_of in runs.items():
+                sample = next(frames_of)
+                if round_:
+                    samples[name].append(sample)
+    steps: dict[str, list[float]] = {p: [] for p in models}
+    engine_runs = {name: engine_step_timings(model, min(frames, 12)) for name, model in models.items()}
+    for _ in range(min(frames, 12)):
+        for name, steps_of in engine_runs.items():
+            steps[name].append(next(steps_of))
+    for name in models:
+        timing = {key: lower_quartile([r[key] for r in samples[name]]) for key in samples[name][0]}
+        timing["frame_ms"] = sum(timing.values())
+        timing["engine_step_ms"] = lower_quartile(steps[name])
         report["precisions"][name]["timing"] = timing
     fp32 = report["precisions"].get("fp32", {}).get("timing")
     if fp32:
