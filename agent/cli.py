@@ -17,6 +17,14 @@ from agent.voices_cli import add_parser as add_voices_parser
 from agent.voices_cli import add_voices_dir
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+PRECISIONS = ("fp32", "bf16", "int8")  # tts_engine.precision.PRECISIONS (not imported: no torch at parse time)
+PRECISION_HELP = ("talker/code-predictor weights: fp32 (default) is exact (the official codes); bf16 halves "
+                  "and int8 quarters the weight bytes per frame for a faster CPU engine, with codes that "
+                  "may differ from fp32's (the codec decoder stays fp32)")
+
+
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
 
 
 def _write_wav(path: Path, audio, sample_rate: int = 24000) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +74,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         for warning in ref.warnings:
             print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(args.seed)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, precision=args.precision)
     voice = _synth_voice(model, args, ref)
     if voice.get("instruct") and model.config.tts_model_type == "custom_voice":
         from agent.catalogue import honours_instruct
@@ -194,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, precision=args.precision)
     engine = build_engine(model, args.compile, max_streams=args.max_streams)
     rtc_settings = None
     if args.ice_server:
@@ -257,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--eos-policy", choices=("default", "official"), default="default")
     sy.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     add_engine_arguments(sy)
+    add_precision(sy)
     sy.add_argument("--out", required=True, help="output WAV (24 kHz mono 16-bit)")
     sy.add_argument("--codes-out", help="write the codes as int64 .npy of shape (T, 16)")
     sy.set_defaults(func=cmd_synth)
@@ -267,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     add_engine_arguments(sv)
+    add_precision(sv)
     sv.add_argument("--api-key", default=os.environ.get("VOICEGATE_API_KEY"),
                     help="required on /v1/session and /metrics (default: $VOICEGATE_API_KEY)")
     sv.add_argument("--max-sessions", type=int, default=32)
@@ -299,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="announce the service to Home Assistant over mDNS (default name: voicegate; tcp:// only)")
     wy.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     add_engine_arguments(wy)
+    add_precision(wy)
     wy.add_argument("--voice", help="voice for requests that name none (default: the catalogue's first)")
     wy.add_argument("--language", default="auto", help="language for requests that name none (name or ISO code)")
     wy.add_argument("--instruct", help="style instruction for every utterance (1.7B CustomVoice, VoiceDesign)")

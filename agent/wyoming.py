@@ -366,7 +366,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     settings = WyomingSettings(uri=args.uri, voice=args.voice, language=args.language, instruct=args.instruct,
                                seed=args.seed, greedy=args.greedy, zeroconf_name=args.zeroconf,
                                voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir())
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, precision=args.precision)
     engine = build_engine(model, args.compile, max_streams=args.max_streams)
     try:
         service = WyomingService(engine, settings, model_name=args.model)

@@ -168,8 +168,11 @@ def read_generation_config(path: Path) -> dict[str, Any]:
 
 
 def load_model(model: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device = "auto",
-               dtype: torch.dtype | None = None):  # type: ignore[no-untyped-def]
-    """Load a checkpoint into a ready `TTSModel` (bf16 on CUDA, fp32 on CPU unless `dtype` says)."""
+               dtype: torch.dtype | None = None, precision: str = "fp32"):  # type: ignore[no-untyped-def]
+    """Load a checkpoint into a ready `TTSModel` (bf16 on CUDA, fp32 on CPU unless `dtype` says).
+
+    `precision` (tts_engine.precision.PRECISIONS): fp32 keeps the strict load as it is (the exact
+    path); bf16 / int8 convert the talker and code predictor afterwards (faster, not bit-exact)."""
     from .tts import TTSModel  # tts builds on this module
 
-    return TTSModel.load(model, device=device, dtype=dtype)
+    return TTSModel.load(model, device=device, dtype=dtype, precision=precision)

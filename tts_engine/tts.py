@@ -76,11 +76,16 @@ class TTSModel:
         self.rows = TextRows.build(self.talker, cfg)
         self.role_ids = tokenizer.role_ids()
         self.engine_active = False  # set while an Engine's thread owns the KV caches
+        self.precision = "fp32"  # talker/predictor precision mode (precision.py); fp32 = as loaded
         self._codec_encoder: CodecEncoder | None = None  # loaded on first ICL clone
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], device: str | torch.device = "auto",
-             dtype: torch.dtype | None = None) -> TTSModel:
+             dtype: torch.dtype | None = None, precision: str = "fp32") -> TTSModel:
+        """`precision` bf16 | int8 converts the talker after the strict load (precision.py)."""
+        from .precision import apply_precision, check_precision  # precision builds on this module
+
+        check_precision(precision)  # before reading gigabytes
         path = resolve_checkpoint(model)
         dev = pick_device(device)
         dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
@@ -90,7 +95,8 @@ class TTSModel:
         qwen = load_qwen3_tts(path, cfg, dtype, dev)
         codec = load_codec_decoder(path, st_cfg, dtype, dev)
         log.info("loaded %s (%s, %s) on %s as %s", path, cfg.tts_model_type, cfg.tts_model_size, dev, dtype)
-        return cls(path, cfg, st_cfg, qwen, codec, tokenizer, read_generation_config(path))
+        loaded = cls(path, cfg, st_cfg, qwen, codec, tokenizer, read_generation_config(path))
+        return apply_precision(loaded, precision)
 
     @property
     def device(self) -> torch.device:
