@@ -25,7 +25,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -151,11 +150,9 @@ def _checkpoint(args: argparse.Namespace, tmp: str) -> tuple[str, str]:
     if args.model:
         return args.model, args.model
     if args.make and args.make != "tiny":
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voicegate" / f"bench-{args.make}"
-        if not (cache / "config.json").exists():
-            print(f"writing a random {args.make} checkpoint to {cache} ...", file=sys.stderr)
-            make_checkpoint(cache, args.make, "custom_voice", seed=0)
-        return str(cache), f"{args.make} (random)"
+        from bench.checkpoints import bench_checkpoint
+
+        return str(bench_checkpoint(args.make)), f"{args.make} (random)"
     return str(make_checkpoint(Path(tmp) / "tiny", "tiny", "custom_voice", 0)), "tiny (random)"
 
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from bench.checkpoints import bench_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEXT = ("Hello there. This is a benchmark of the voicegate engine, "
                 "speaking one sentence of moderate length.")
@@ -247,12 +249,7 @@ def main() -> None:
     if model_dir is None:
         if not args.make:
             parser.error("give --model DIR or --make SIZE")
-        from tts_engine.checkpoint import make_checkpoint
-
-        model_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voicegate" / f"bench-{args.make}"
-        if not (model_dir / "model.safetensors").exists():
-            print(f"writing a random {args.make} checkpoint to {model_dir} ...", file=sys.stderr)
-            make_checkpoint(model_dir, args.make, "custom_voice", seed=0)
+        model_dir = bench_checkpoint(args.make)
 
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))

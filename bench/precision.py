@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.checkpoints import bench_checkpoint
 from tts_engine.codec_stream import StreamingCodecDecoder
 from tts_engine.generate import frame_input
 from tts_engine.precision import PRECISIONS, with_precision
@@ -279,12 +280,7 @@ def main() -> None:
     if model_dir is None:
         if not args.make:
             parser.error("give --checkpoint DIR or --make SIZE")
-        from tts_engine.checkpoint import make_checkpoint
-
-        model_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voicegate" / f"bench-{args.make}"
-        if not (model_dir / "model.safetensors").exists():
-            print(f"writing a random {args.make} checkpoint to {model_dir} ...", file=sys.stderr)
-            make_checkpoint(model_dir, args.make, "custom_voice", seed=0)
+        model_dir = bench_checkpoint(args.make)
     precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
     if precisions[:1] != ("fp32",) or any(p not in PRECISIONS for p in precisions):
         parser.error(f"--precisions: fp32 first, then any of {PRECISIONS}")
