@@ -50,12 +50,7 @@ VARIANTS = {  # name -> (compiled frame step, precision)
 def _load(model_dir: Path, device: str, precision: str):  # type: ignore[no-untyped-def]
     from tts_engine.loading import load_model
 
-    model = load_model(model_dir, device=device)
-    if precision != "fp32":
-        from tts_engine.precision import apply_precision
-
-        model = apply_precision(model, precision)
-    return model
+    return load_model(model_dir, device=device, precision=precision)
 
 
 @torch.no_grad()

@@ -96,11 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     batches = [int(b) for b in args.batches.split(",")]
-    model = load_model(args.model, device=args.device)
-    if args.precision != "fp32":
-        from tts_engine.precision import apply_precision
-
-        model = apply_precision(model, args.precision)
+    model = load_model(args.model, device=args.device, precision=args.precision)
     speaker = model.speakers[0] if model.speakers else None
     settings = EngineSettings(max_streams=max(batches), max_positions=args.max_positions,
                               max_lead_frames=10_000, compile=args.compile)
