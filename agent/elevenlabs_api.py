@@ -32,7 +32,9 @@ from websockets.exceptions import ConnectionClosed
 
 from .api_voice import ApiVoice, ApiVoiceError, resolve_voice
 from .audio import Resampler
+from .json_input import JsonInputError, loads_object
 from .settings import FRAME_MS, SAMPLE_RATE
+from .text_input import clean_text
 
 if TYPE_CHECKING:
     from tts_engine.stream import Stream
@@ -124,11 +126,9 @@ class ElevenLabsSocket:
         if len(data) > limit:
             return await self._error("message_too_large", f"a message may hold {limit} bytes")
         try:
-            msg = json.loads(data)
-        except ValueError:
-            return await self._error("invalid_message", "not JSON")
-        if not isinstance(msg, dict):
-            return await self._error("invalid_message", "a message is a JSON object")
+            msg = loads_object(data)
+        except JsonInputError as exc:
+            return await self._error("invalid_message", f"a message is one JSON object: {exc}")
         if self.authed is None:  # no key at the handshake: the first message must bring it
             assert self.ws.request is not None
             self.authed = self.server.authorized(self.ws.request.headers, {}, str(msg.get("xi_api_key") or ""))
@@ -141,6 +141,8 @@ class ElevenLabsSocket:
         text, cid = msg.get("text"), msg.get("context_id", msg.get("contextId"))
         if text is not None and not isinstance(text, str):
             return await self._error("invalid_message", "'text' must be a string")
+        if text:
+            text = clean_text(text)
         if cid is not None and not isinstance(cid, str):
             return await self._error("invalid_message", "'context_id' must be a string")
         return await self._apply(msg, text, cid if self.multi else None)

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 from .api_voice import ApiVoice, ApiVoiceError, resolve_voice
 from .encoder import FORMATS, AudioEncoder
 from .http_front import HttpError, HttpExchange, HttpRequest, HttpRoutes
+from .json_input import JsonInputError, loads_object
 from .segments import split_text
 from .settings import FRAME_MS
+from .text_input import clean_text
 
 if TYPE_CHECKING:
     from tts_engine.stream import Stream
@@ -117,17 +119,17 @@ class OpenAIRoutes(HttpRoutes):
 
     def _parse(self, request: HttpRequest) -> dict[str, Any]:
         try:
-            body = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+            body = loads_object(request.body or b"null")
+        except JsonInputError as exc:
+            raise ApiError(400, f"the body must be one JSON object: {exc}", code="invalid_json") from None
         limit = self.server.settings.api.max_input_chars
 
         def text(name: str, required: bool = False) -> str | None:
             value = body.get(name)
             if value is None and not required:
                 return None
+            if isinstance(value, str):
+                value = clean_text(value)
             if not isinstance(value, str) or (required and not value.strip()):
                 raise ApiError(400, f"'{name}' must be a non-empty string", name,
                                "missing_required_parameter" if value is None else "invalid_value")
@@ -169,7 +171,6 @@ class OpenAIRoutes(HttpRoutes):
         except ApiVoiceError as exc:
             raise ApiError(400, exc.message, exc.param, "invalid_value") from None
         segments = split_text(req["input"], self.server.settings.api.segment_chars)
-        stream = self._open(voice, segments[0])  # a voice the engine refuses fails here, before any byte
         encoder = AudioEncoder(req["response_format"])
         sse = req["stream_format"] == "sse"
         headers = {"X-Voicegate-Voice": voice.name}
@@ -178,15 +179,17 @@ class OpenAIRoutes(HttpRoutes):
         frames = 0
         started = time.monotonic()
         try:
-            await exchange.start(200, "text/event-stream" if sse else encoder.content_type, headers)
-            for i in range(len(segments)):
-                if i:
-                    stream = self._open(voice, segments[i])
-                async for frame in stream:
-                    frames += 1
-                    await self._send(exchange, encoder.push(frame.pcm), sse)
-                    self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
-                end = stream.end
+            for i, segment in enumerate(segments):
+                # each segment's stream lives in its block: cancelled on every way out (an error, a client
+                # that went away); a voice the engine refuses fails the first one before any byte is sent
+                with self._open(voice, segment) as stream:
+                    if i == 0:
+                        await exchange.start(200, "text/event-stream" if sse else encoder.content_type, headers)
+                    async for frame in stream:
+                        frames += 1
+                        await self._send(exchange, encoder.push(frame.pcm), sse)
+                        self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
+                    end = stream.end
                 if end is not None and end.reason == "error":
                     log.warning("speech stream failed: %s", end.error)
                     return  # cut short: the client sees a truncated body
@@ -198,17 +201,15 @@ class OpenAIRoutes(HttpRoutes):
             await exchange.end()
             log.info("speech: %d chars, %d frames in %.2f s", len(req["input"]), frames, time.monotonic() - started)
         finally:
-            stream.cancel()  # no-op when it ended; a disconnect (task cancelled) stops the engine here
             encoder.close()
 
     def _open(self, voice: ApiVoice, text: str) -> Stream:
+        """A stream holding the whole segment (the engine takes no row for text it refuses)."""
         try:
-            stream = self.server.engine.open_stream(**voice.stream_args, seed=self.server.settings.api.seed)
+            return self.server.engine.open_stream(**voice.stream_args, seed=self.server.settings.api.seed,
+                                                  text=text)
         except ValueError as exc:
             raise ApiError(400, str(exc), "voice", "invalid_value") from None
-        stream.push_text(text)
-        stream.finish()
-        return stream
 
     @staticmethod
     async def _send(exchange: HttpExchange, data: bytes, sse: bool) -> None:

@@ -15,6 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .json_input import JsonInputError, loads_object
+from .text_input import clean_text
+
 # ---- error codes ---------------------------------------------------------------------------------
 BAD_JSON = "bad_json"  # not JSON, or not a JSON object
 UNKNOWN_TYPE = "unknown_type"
@@ -124,10 +127,6 @@ _SCHEMAS: dict[str, tuple[type, dict[str, tuple[tuple[type, ...], bool]]]] = {
 CLIENT_TYPES = tuple(_SCHEMAS)
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _type_name(types: tuple[type, ...]) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object"}
     return " or ".join(dict.fromkeys(names[t] for t in types))
@@ -143,11 +142,9 @@ def parse_client_message(data: str | bytes, max_bytes: int) -> ClientMessage:
                                                f"bytes is over the limit of {max_bytes} bytes; split the text "
                                                f"into several text.append messages")
     try:
-        obj = json.loads(data, parse_constant=_no_constant)
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise ProtocolError(BAD_JSON, f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(BAD_JSON, f"a message must be a JSON object, got {type(obj).__name__}")
+        obj = loads_object(data)
+    except JsonInputError as exc:
+        raise ProtocolError(BAD_JSON, f"a message must be one JSON object: {exc}") from None
     msg_id = obj.get("id")
     if msg_id is not None and (not isinstance(msg_id, str) or len(msg_id) > MAX_ID_CHARS):
         raise ProtocolError(INVALID_MESSAGE, f"'id' must be a string of at most {MAX_ID_CHARS} characters")
@@ -188,6 +185,8 @@ def _check_values(kind: str, v: dict[str, Any], msg_id: str | None) -> None:
         for name in ("voice", "language"):
             if name in v and not 0 < len(v[name]) <= MAX_NAME_CHARS:
                 fail(f"{name!r} must be 1-{MAX_NAME_CHARS} characters")
+        if "instruct" in v:
+            v["instruct"] = clean_text(v["instruct"])
         if len(v.get("instruct", "")) > MAX_INSTRUCT_CHARS:
             fail(f"'instruct' is over {MAX_INSTRUCT_CHARS} characters")
         if "audio" in v and v["audio"] not in AUDIO_MODES:
@@ -202,10 +201,7 @@ def _check_values(kind: str, v: dict[str, Any], msg_id: str | None) -> None:
             if not (value is None or isinstance(value, int | float)):
                 fail(f"vad.{key} must be a number (or null to disable a gate)")
     elif kind == "text.append":
-        try:
-            v["text"].encode("utf-8")
-        except UnicodeEncodeError:
-            fail("'text' holds a lone surrogate (not valid Unicode)")
+        v["text"] = clean_text(v["text"])
     elif kind == "webrtc.offer" and not 0 < len(v["sdp"]) <= MAX_SDP_CHARS:
         fail(f"'sdp' must be 1-{MAX_SDP_CHARS} characters")
     elif kind == "utterance.cancel" and "utterance" in v and len(v["utterance"]) > MAX_ID_CHARS:

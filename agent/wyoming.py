@@ -49,6 +49,7 @@ from wyoming.tts import (
 from .session import ModelInfo
 from .settings import FRAME_MS, SAMPLE_RATE
 from .signals import wait_for_stop_signal
+from .text_input import clean_text
 from .wyoming_voices import DEFAULT_VOICE, ResolvedVoice, VoiceError, language_name, resolve, tts_program
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class WyomingHandler(AsyncEventHandler):
         if flow.first_text is None:
             flow.first_text = time.monotonic()
         try:
-            flow.stream.push_text(text)
+            flow.stream.push_text(clean_text(text))
         except ValueError as exc:  # over the engine's per-utterance text limit
             flow.stream.cancel()
             await self._error("text_too_long", str(exc))
@@ -165,7 +166,7 @@ class WyomingHandler(AsyncEventHandler):
         if stream is None:
             return
         try:
-            stream.push_text(request.text)
+            stream.push_text(clean_text(request.text))
         except ValueError as exc:
             stream.cancel()
             await self._error("text_too_long", str(exc))

@@ -37,8 +37,8 @@ class Engine:
 
     def open_stream(self, speaker: str | None = None, language: str = "auto", instruct: str | None = None,
                     xvector: torch.Tensor | None = None, *, voice_prompt: VoicePrompt | None = None,
-                    greedy: bool = False, seed: int = 0,
-                    eos_policy: str = "default", **sampling: Any) -> Stream:
+                    greedy: bool = False, seed: int = 0, eos_policy: str = "default",
+                    text: str | None = None, **sampling: Any) -> Stream:
         """A new utterance. Voice fields are validated here, so a bad voice fails before any text.
 
         `voice_prompt` (Base checkpoints) clones a voice. An x-vector prompt starts on the first token,
@@ -46,9 +46,19 @@ class Engine:
         streaming-text ICL mode, which needs the first T2 - R target tokens in the prompt: the stream
         holds its first frame until it has them or the input is finished (`TTSModel.icl_wait_tokens`,
         ~9 tokens per second of reference audio); its frames start after the reference (none of the
-        reference audio is emitted)."""
+        reference audio is emitted).
+
+        `text` is the whole input at once: it is pushed and finished before the stream joins the scheduler,
+        so text the stream refuses (over `max_text_chars`, not valid Unicode) raises here with no engine
+        row taken. Use the stream as a context manager to stop it on every path (`with engine.open_stream(...)
+        as stream:`)."""
         if eos_policy not in EOS_POLICIES:
             raise ValueError(f"eos_policy must be one of {EOS_POLICIES}")
+        if instruct is not None and not instruct.isascii():
+            try:
+                instruct.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("instruct holds a lone surrogate (not valid Unicode)") from None
         voice = self.model.voice(speaker, language, instruct, xvector, voice_prompt)
         validate_voice(self.model.config, voice)  # fail now, in the caller's thread, without torch
         if voice.icl:
@@ -62,6 +72,9 @@ class Engine:
         stream = Stream(next(self._ids), voice, self.model.sampling(greedy, seed, **sampling), eos_policy,
                         IncrementalTokenizer(self._fast_tokenizer), self.scheduler.wake,
                         self.settings.max_text_chars)
+        if text is not None:
+            stream.push_text(text)
+            stream.finish()
         self.scheduler.submit(stream)
         return stream
 

@@ -62,6 +62,11 @@ class Stream:
     def push_text(self, fragment: str) -> None:
         if not isinstance(fragment, str):
             raise TypeError("push_text takes str")
+        if not fragment.isascii():
+            try:
+                fragment.encode("utf-8")
+            except UnicodeEncodeError:  # checked before any state changes: the stream stays usable
+                raise ValueError("text holds a lone surrogate (not valid Unicode)") from None
         with self._lock:
             if self._finished or self._cancelled:
                 raise RuntimeError("stream is finished or cancelled: open a new one")
@@ -88,6 +93,13 @@ class Stream:
             self._frames.clear()
             self._close_locked(StreamEnd("cancelled", self._emitted))
         self._wake()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Leaving the block stops the stream (a no-op once it ended): its engine row is never left behind."""
+        self.cancel()
 
     @property
     def text(self) -> str:

@@ -52,7 +52,6 @@ def test_valid_messages_parse_into_typed_messages() -> None:
     ('{"type": "text.append", "text": "x", "id": 5}', protocol.INVALID_MESSAGE),
     ('{"type": "text.append", "text": "x", "id": "' + "i" * 65 + '"}', protocol.INVALID_MESSAGE),
     ('{"type": "text.append", "text": true}', protocol.INVALID_MESSAGE),
-    ('{"type": "text.append", "text": "\\ud800"}', protocol.INVALID_MESSAGE),
     ('{"type": "text.flush", "text": "x"}', protocol.INVALID_MESSAGE),
     ('{"type": "utterance.cancel", "all": 1}', protocol.INVALID_MESSAGE),
     ('{"type": "session.update", "seed": true}', protocol.INVALID_MESSAGE),
@@ -64,6 +63,14 @@ def test_valid_messages_parse_into_typed_messages() -> None:
 ])
 def test_bad_messages_get_stable_codes(data: str | bytes, code: str) -> None:
     assert code_of(data) == code
+
+
+def test_text_is_cleaned_by_the_one_boundary_rule() -> None:
+    """A lone surrogate becomes U+FFFD and control characters go (agent.text_input), not a refusal."""
+    msg = protocol.parse_client_message('{"type": "text.append", "text": "a\\ud800b\\u0000c"}', 1 << 16)
+    assert isinstance(msg, protocol.TextAppend) and msg.text == "a\ufffdbc"
+    update = protocol.parse_client_message('{"type": "session.update", "instruct": "x\\udfff"}', 1 << 16)
+    assert isinstance(update, protocol.SessionUpdate) and update.instruct == "x\ufffd"
 
 
 def test_errors_echo_the_message_id() -> None:
