@@ -112,7 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         import torch
 
-        from agent.wyoming import WyomingService, WyomingSettings
+        from agent.wyoming.handler import WyomingService, WyomingSettings
         from tts_engine.engine import Engine
         from tts_engine.loading import load_model
 

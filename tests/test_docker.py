@@ -19,7 +19,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from agent.cli import build_parser
+from agent.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -90,9 +90,9 @@ def served_port(args: Any) -> int:
 
 
 def health_port(test: list[str]) -> int:
-    """`python -m agent.healthcheck URL` -> URL's port (the module must exist)."""
-    assert test[:3] == ["python", "-m", "agent.healthcheck"], test
-    __import__("agent.healthcheck")
+    """`python -m agent.cli.healthcheck URL` -> URL's port (the module must exist)."""
+    assert test[:3] == ["python", "-m", "agent.cli.healthcheck"], test
+    __import__("agent.cli.healthcheck")
     port = urlsplit(test[3]).port
     assert port is not None
     return port
