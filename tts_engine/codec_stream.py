@@ -34,6 +34,14 @@ from .model.codec_decoder import (
 )
 
 
+def pcm_to_int16(samples: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1] (any float dtype) -> int16, scaled, rounded and clamped in fp32.
+
+    Never scale in bf16: 1.0 * 32767 rounds to 32768 there, which wraps to -32768 in int16 (a full-scale
+    click). In fp32 the clamp changes nothing for samples already in [-1, 1]."""
+    return (samples.float() * 32767.0).round().clamp(-32768.0, 32767.0).to(torch.int16)
+
+
 @dataclass
 class CodecStreamState:
     """Decoder history of B streams. Every tensor is batch-first. A step replaces the tensors and never

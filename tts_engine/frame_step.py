@@ -8,8 +8,16 @@ values: every per-row decision (which text row to read, whether the row advances
 be drawn, its sampling settings, its RNG counter) arrives as a column of two small tensors, and the
 results leave in one device-to-host copy (codes and int16 PCM packed together). Shapes are static:
 rows are padded to a bucket (1, 2, 4, ...) and attention reads a fixed cache window (a power of two
-covering every row's position), so `torch.compile(fullgraph=True, dynamic=False)` captures one graph
-per (bucket, window) and CUDA graphs can replay it.
+covering every row's position), so `torch.compile(fullgraph=True, dynamic=False)` captures static graphs
+and CUDA graphs can replay them. The step is two compiled functions: the talker's forward, one graph per
+(bucket, window) since only attention depends on the window, and the rest (code 0, the code predictor,
+sampling, the codec frame, state updates), one graph per bucket. That is buckets x windows small graphs
+plus buckets large ones, instead of buckets x windows large ones: start-up traces and compiles far less.
+
+Under CUDA graphs (`mode="reduce-overhead"`) a graph is recorded on its second call and replayed from the
+third, so warm-up calls each one `WARM_CALLS_CUDA_GRAPHS` times: no recording happens in live traffic
+(`recordings_after_ready` counts any that still do, for /metrics). Host inputs go through pinned buffers
+and the one device-to-host copy per frame waits on an event, not on a device-wide sync.
 
 Per-row state that lives across frames is held here in registered buffers (fixed addresses, so CUDA
 graphs can capture it): the last frame's summed code embeddings (the codec half of the next talker
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .codec_stream import CodecStreamState, StreamingCodecDecoder
+from .codec_stream import CodecStreamState, StreamingCodecDecoder, pcm_to_int16
 from .rng import CODE0_DRAW, counter_uniform
 from .sampling import SamplingParams, choose, process_code0, suppressed_ids
 from .tts import TTSModel
@@ -38,6 +46,7 @@ from .tts import TTSModel
 log = logging.getLogger(__name__)
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+WARM_CALLS_CUDA_GRAPHS = 3  # cudagraph trees: 1st call warms up, 2nd records, 3rd replays
 MIN_WINDOW = 128
 N_CODES = 16
 
@@ -145,9 +154,20 @@ class FrameStep(nn.Module):
             self.register_buffer(f"codec_tail_{i}", fresh.tails[key], persistent=False)
         self._fresh_row = self.codec.new_state(1)
         self.compiled, self.backend = compile, backend
-        self._run: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = self._step
+        self.cuda_graphs = compile and device.type == "cuda" and backend == "inductor"
+        self._talker_step: Callable[[torch.Tensor, int], torch.Tensor] = self._talker_hidden
+        self._finish_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = self._finish_frame
         if compile:
-            self._run = self._compile()
+            self._talker_step, self._finish_step = self._compile()
+        # graph bookkeeping: calls per (bucket, window); recordings that happened after warm-up (CUDA graphs)
+        self.calls: dict[tuple[int, int], int] = {}
+        self.ready = False
+        self.recordings_after_ready = 0
+        # pinned host buffers (CUDA): the input copies are truly asynchronous, the output copy waits on an event
+        pin = device.type == "cuda"
+        self._host_ints = torch.zeros((self.rows, len(INT_COLUMNS)), dtype=torch.int64, pin_memory=pin)
+        self._host_floats = torch.ones((self.rows, len(FLOAT_COLUMNS)), dtype=torch.float32, pin_memory=pin)
+        self._host_out = torch.zeros((self.rows, N_CODES + 1920), dtype=torch.int16, pin_memory=pin)
 
     # ---- the step --------------------------------------------------------------------------------
     def _tails(self) -> list[torch.Tensor]:
@@ -156,18 +176,25 @@ class FrameStep(nn.Module):
     def _step(self, ints: torch.Tensor, floats: torch.Tensor, window: int) -> torch.Tensor:
         """ints (B, NI) int64, floats (B, NF) float32 for cache rows [0, B) -> (B, 16 + 1920) int16:
         the 16 codes, then the frame's PCM. Updates the state of the rows whose `active` is set."""
+        return self._finish_step(ints, floats, self._talker_step(ints, window))
+
+    def _talker_hidden(self, ints: torch.Tensor, window: int) -> torch.Tensor:
+        """The talker's forward for rows [0, B) over a `window`-slot cache -> hidden (B, H)."""
+        talker, batch = self.talker, ints.shape[0]
+        # Talker input: the text-track row + the codec half (codec_bos or the last frame's summed codes).
+        kind = ints[:, _I["text_kind"]][:, None]
+        text = talker.embed_text(ints[:, _I["text_id"]].clamp(min=0))  # (B, H)
+        text = torch.where(kind == TEXT_EOS, self.text_eos, torch.where(kind == TEXT_PAD, self.text_pad, text))
+        x = (text + self.frame_embed[:batch])[:, None]  # (B, 1, H)
+        return talker(x, ints[:, _I["position"]][:, None], rows=slice(0, batch), kv_len=window)[:, 0]
+
+    def _finish_frame(self, ints: torch.Tensor, floats: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """From the talker's hidden state (B, H): codes, the codec frame, and the per-row state updates."""
         talker, batch = self.talker, ints.shape[0]
         col = {name: ints[:, i] for name, i in _I.items()}
         fcol = {name: floats[:, i] for name, i in _F.items()}
         active = col["active"].bool()  # (B,)
         seed, frame = col["seed"], col["frame"]
-
-        # Talker input: the text-track row + the codec half (codec_bos or the last frame's summed codes).
-        kind = col["text_kind"][:, None]
-        text = talker.embed_text(col["text_id"].clamp(min=0))  # (B, H)
-        text = torch.where(kind == TEXT_EOS, self.text_eos, torch.where(kind == TEXT_PAD, self.text_pad, text))
-        x = (text + self.frame_embed[:batch])[:, None]  # (B, 1, H)
-        hidden = talker(x, col["position"][:, None], rows=slice(0, batch), kv_len=window)[:, 0]  # (B, H)
 
         # Code 0: official processors, then greedy or a counter-RNG draw.
         logits = process_code0(talker.logits(hidden).float(), self.seen[:batch], fcol["repetition_penalty"],
@@ -203,18 +230,19 @@ class FrameStep(nn.Module):
             mask = active.view(batch, *([1] * (new.dim() - 1)))
             tail[:batch].copy_(torch.where(mask, new, tail[:batch]))
 
-        pcm16 = (pcm * 32767.0).round().to(torch.int16)
-        return torch.cat([codes.to(torch.int16), pcm16], dim=1)
+        return torch.cat([codes.to(torch.int16), pcm_to_int16(pcm)], dim=1)
 
-    def _compile(self) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+    def _compile(self) -> tuple[Callable[[torch.Tensor, int], torch.Tensor],
+                                Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]:
         import torch._dynamo
 
-        # One graph per (bucket, window): raise dynamo's per-function limit to hold them all.
+        # The talker: one graph per (bucket, window); raise dynamo's per-function limit to hold them all.
         needed = len(self.buckets) * len(self.windows) + 2
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
         # CUDA graphs on CUDA: the step's inputs are two small tensors and its state lives in buffers.
-        mode = "reduce-overhead" if self.model.device.type == "cuda" and self.backend == "inductor" else None
-        return torch.compile(self._step, fullgraph=True, dynamic=False, backend=self.backend, mode=mode)
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        options = {"fullgraph": True, "dynamic": False, "backend": self.backend, "mode": mode}
+        return torch.compile(self._talker_hidden, **options), torch.compile(self._finish_frame, **options)
 
     # ---- host side -------------------------------------------------------------------------------
     def window_for(self, max_position: int) -> int:
@@ -232,26 +260,48 @@ class FrameStep(nn.Module):
         if bucket > n:  # padding rows: inactive, at position 0 (a free row's slot 0 is rewritten at admission)
             pad = StepInputs.empty(bucket - n)
             ints, floats = np.concatenate([ints, pad.ints]), np.concatenate([floats, pad.floats])
+        window = self.window_for(inputs.max_position())
+        self._count_call(bucket, window)
         device = self.model.device
-        out = self._run(torch.from_numpy(ints).to(device, non_blocking=True),
-                        torch.from_numpy(floats).to(device, non_blocking=True),
-                        self.window_for(inputs.max_position()))
-        out = out[:n].cpu().numpy()  # the one device-to-host copy of the frame
-        return StepOutputs(codes=out[:, :N_CODES].astype(np.int64), pcm=out[:, N_CODES:])
+        host_ints, host_floats = self._host_ints[:bucket], self._host_floats[:bucket]
+        host_ints.numpy()[:] = ints
+        host_floats.numpy()[:] = floats
+        out = self._step(host_ints.to(device, non_blocking=True), host_floats.to(device, non_blocking=True), window)
+        host_out = self._host_out[:n]
+        if device.type == "cuda":  # the one device-to-host copy of the frame, then wait for it alone
+            host_out.copy_(out[:n], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            done.synchronize()
+        else:
+            host_out.copy_(out[:n])
+        result = host_out.numpy()
+        return StepOutputs(codes=result[:, :N_CODES].astype(np.int64), pcm=result[:, N_CODES:].copy())
+
+    def _count_call(self, bucket: int, window: int) -> None:
+        calls = self.calls.get((bucket, window), 0) + 1
+        self.calls[(bucket, window)] = calls
+        if self.ready and self.cuda_graphs and calls == WARM_CALLS_CUDA_GRAPHS - 1:
+            self.recordings_after_ready += 1  # a graph recorded in live traffic: a first-frame spike
 
     def warm_up(self, progress: Callable[[str], None] | None = None) -> float:
-        """Run (and, when compiled, compile) every (bucket, window) once; returns the seconds it took.
-        Every row is inactive: no state changes, except KV garbage at position 0 (rewritten at admission)."""
+        """Run (and, when compiled, compile) every (bucket, window); returns the seconds it took. Under CUDA
+        graphs each is called until it is recorded and replayed once (`WARM_CALLS_CUDA_GRAPHS`), so that no
+        recording happens in live traffic. Every row is inactive: no state changes, except KV garbage at
+        position 0 (rewritten at admission)."""
         started = time.perf_counter()
         pairs = [(b, w) for b in self.buckets for w in self.windows]
+        calls = WARM_CALLS_CUDA_GRAPHS if self.cuda_graphs else 1
         for i, (bucket, window) in enumerate(pairs):
             t0 = time.perf_counter()
             inputs = StepInputs.empty(bucket)
             inputs.ints[:, _I["position"]] = window - 1
-            self.run(inputs)
+            for _ in range(calls):
+                self.run(inputs)
             if progress is not None:
                 progress(f"frame step {'compiled' if self.compiled else 'ready'}: batch {bucket}, "
                          f"window {window} ({i + 1}/{len(pairs)}, {time.perf_counter() - t0:.1f} s)")
+        self.ready = True
         return time.perf_counter() - started
 
     # ---- row bookkeeping (the scheduler keeps live rows packed in [0, n)) --------------------------

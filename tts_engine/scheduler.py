@@ -53,7 +53,8 @@ class EngineSettings:
     max_text_chars: int = 20000  # per utterance
     voice_cache_size: int = 32  # voices whose prompt rows, primed codec state and prefix KV are kept
     cache_prefix_kv: bool = True  # per voice: ~112 KiB per prefix position at 0.6B/1.7B in bf16
-    compile: bool = False  # torch.compile the frame step (one graph per batch bucket and KV window)
+    # torch.compile the frame step (see frame_step.py for its graphs); None: on for CUDA, off on a CPU
+    compile: bool | None = None
     kv_windows: tuple[int, ...] | None = None  # attention windows; default: powers of two up to max_positions
     warm_up: bool = True  # compiled: build every bucket and window's graph before serving
     # torch.compile backend: "inductor" (generated kernels); "eager" captures the same graphs without
@@ -92,11 +93,12 @@ class Scheduler:
         self.model, self.settings = model, settings
         self.talker = model.talker
         self.eos_id = model.config.talker_config.codec_eos_token_id
+        compiled = settings.compile if settings.compile is not None else model.device.type == "cuda"
         try:
             self.frame_step = FrameStep(model, settings.max_streams, settings.max_positions,
-                                        compile=settings.compile, windows=settings.kv_windows,
+                                        compile=compiled, windows=settings.kv_windows,
                                         buckets=settings.buckets, backend=settings.compile_backend)
-            self.warm_up_s = self.frame_step.warm_up(progress) if settings.warm_up and settings.compile else 0.0
+            self.warm_up_s = self.frame_step.warm_up(progress) if settings.warm_up and compiled else 0.0
         except BaseException:
             model.engine_active = False
             raise
@@ -238,7 +240,8 @@ class Scheduler:
             block = icl_block(torch.cat(parts), r.icl, self.model.rows, r.icl_start)  # (T2 - icl_start, H)
             if block.shape[0] > 1:
                 positions = torch.arange(r.position, r.position + block.shape[0] - 1, device=device)[None]
-                self.talker(block[None, :-1], positions, rows=slice(r.row, r.row + 1))
+                self.talker(block[None, :-1], positions, rows=slice(r.row, r.row + 1),
+                            kv_len=r.position + block.shape[0] - 1)  # explicit: no host sync on positions
                 r.position += block.shape[0] - 1
             self.frame_step.set_codec_part(r.row, r.icl.codec[-1])
             r.started = True

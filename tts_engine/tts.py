@@ -13,6 +13,7 @@ import torch
 
 from .codec_stream import CodecStreamState, StreamingCodecDecoder
 from .config import Qwen3TTSConfig, SpeechTokenizerConfig
+from .device import pick_device
 from .generate import generate_frames
 from .loading import (
     load_codec_decoder,
@@ -59,12 +60,6 @@ class Synthesis:
 def runaway_cap(n_text_tokens: int, frames_per_token: float = 8.0, slack: int = 40) -> int:
     """Frames an utterance may run before it is cut: real speech needs ~3-4 frames per text token."""
     return slack + int(frames_per_token * n_text_tokens)
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class TTSModel:

@@ -85,6 +85,6 @@ class VoiceCache:
                 cache.v[row, :, :length].copy_(v)
             return
         positions = torch.arange(length, device=state.prefix.device)[None]
-        talker(state.prefix[None], positions, rows=slice(row, row + 1))
+        talker(state.prefix[None], positions, rows=slice(row, row + 1), kv_len=length)
         if self.keep_kv:
             state.kv = [(c.k[row, :, :length].clone(), c.v[row, :, :length].clone()) for c in caches]

@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 COMPILE_CHOICES = ("auto", "on", "off")
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
-                        help="torch.compile the engine's frame step: auto = on for CUDA, off on CPU (a CPU "
-                             "compile takes minutes per batch size); compiled kernels are cached on disk")
+def add_engine_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """`default`: "auto" for the servers; "off" for one-shot commands (synth), where a compile costs more
+    than the one utterance it would speed up."""
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, default=default,
+                        help=f"torch.compile the engine's frame step: auto = on for CUDA, off on CPU (a CPU "
+                             f"compile takes minutes per batch size); compiled kernels are cached on disk "
+                             f"(default: {default})")
 
 
 def compile_cache_dir() -> Path:

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--non-streaming", action="store_true", help="the official non-streaming prompt layout")
     sy.add_argument("--eos-policy", choices=("default", "official"), default="default")
     sy.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    add_engine_arguments(sy)
+    add_engine_arguments(sy, default="off")
     add_precision(sy)
     sy.add_argument("--out", required=True, help="output WAV (24 kHz mono 16-bit)")
     sy.add_argument("--codes-out", help="write the codes as int64 .npy of shape (T, 16)")

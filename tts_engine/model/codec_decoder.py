@@ -248,6 +248,9 @@ class CodecTransformer(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.output_proj = nn.Linear(cfg.hidden_size, cfg.latent_dim)
         self.window, self.head_dim, self.rope_theta = cfg.sliding_window, cfg.head_dim, cfg.rope_theta
+        # A buffer, so it lives on the model's device: computing it per call on the CPU put a host-to-device
+        # copy (a sync) in every frame of the compiled step. Non-persistent: not part of the checkpoint.
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor,
                 past: list[tuple[torch.Tensor, torch.Tensor]] | None = None, past_positions: torch.Tensor | None = None,
@@ -257,10 +260,8 @@ class CodecTransformer(nn.Module):
         `past` holds per layer the rotated keys/values of earlier frames at `past_positions` (B, P);
         a negative position marks an empty slot.
         """
-        # inv_freq is computed, not a buffer: nothing to go stale after meta-device loading.
-        inv_freq = rope_inv_freq(self.head_dim, self.rope_theta).to(x.device)
         h = self.input_proj(x)
-        cos, sin = rope_cos_sin(positions, inv_freq, h.dtype)
+        cos, sin = rope_cos_sin(positions, self.inv_freq.float(), h.dtype)
         k_pos = positions if past_positions is None else torch.cat([past_positions, positions], dim=1)
         mask = window_mask(positions, k_pos, self.window)
         present = []

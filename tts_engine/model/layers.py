@@ -49,6 +49,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + _rotate_half(x) * sin
 
 
+def folded_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention with the query heads folded into the query-length axis.
+
+    q (B, H, T, D), keys/values (B, Hkv, S, D), mask (B, 1, T, S) bool or None (all visible) -> (B, H, T, D).
+    Each group of G = H / Hkv query heads shares one K/V head, so (B, H, T, D) is viewed as (B, Hkv, G*T, D):
+    one plain attention per K/V head, no `enable_gqa` and no repeated K/V. That is the shape the fused
+    memory-efficient / cuDNN kernels take; with `enable_gqa` and a mask most builds fall back to the math
+    kernel, which repeats K/V to H heads every layer every step. Not causal inside T (the mask says who sees
+    what), so a prefill without a mask cannot use it.
+    """
+    batch, n_heads, seq, dim = q.shape
+    n_kv = keys.shape[1]
+    group = n_heads // n_kv
+    q_folded = q.reshape(batch, n_kv, group * seq, dim)  # heads h = kv * G + g -> (kv, g * T + t)
+    if mask is not None:
+        mask = mask[:, :, None].expand(batch, 1, group, seq, mask.shape[-1]).reshape(batch, 1, group * seq, -1)
+    out = F.scaled_dot_product_attention(q_folded, keys, values, attn_mask=mask)
+    return out.reshape(batch, n_heads, seq, dim)
+
+
 class KVCache(nn.Module):
     """Static per-layer cache: k, v of shape (max_batch, n_kv_heads, max_seq, head_dim)."""
 
@@ -92,11 +113,16 @@ class Attention(nn.Module):
         self.kv_cache.write(rows, positions, k, v)
         keys = self.kv_cache.k[rows, :, :kv_len]
         values = self.kv_cache.v[rows, :, :kv_len]
-        # mask None: every cached key is visible (one new token per row at position kv_len - 1), or a
-        # fresh causal prefill (seq == kv_len): SDPA's own causal kernel, no mask tensor.
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             is_causal=mask is None and seq > 1,
-                                             enable_gqa=self.n_heads != self.n_kv_heads)
+        causal = mask is None and seq > 1
+        if x.device.type == "cuda" and not causal and self.n_heads != self.n_kv_heads:
+            # decode on the GPU: a fused kernel (see folded_attention); the CPU keeps the reference path,
+            # whose float summation order the exactness tests vs the official package pin down
+            out = folded_attention(q, keys, values, mask)
+        else:
+            # mask None: every cached key is visible (one new token per row at position kv_len - 1), or a
+            # fresh causal prefill (seq == kv_len): SDPA's own causal kernel, no mask tensor.
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
+                                                 enable_gqa=self.n_heads != self.n_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
