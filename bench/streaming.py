@@ -41,7 +41,10 @@ def _ttfa(engine: Engine, speaker: str | None, text: str, tokens_per_s: float) -
         for i, word in enumerate(words):
             if not first_push:
                 first_push.append(time.perf_counter())
-            stream.push_text(word if i + 1 == len(words) else word + " ")
+            try:
+                stream.push_text(word if i + 1 == len(words) else word + " ")
+            except RuntimeError:  # cancelled once its first frame came: the rest of the text is not needed
+                return
             time.sleep(1.0 / tokens_per_s)
         stream.finish()
 
