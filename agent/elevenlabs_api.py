@@ -30,6 +30,8 @@ from urllib.parse import unquote
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from agent.media.frames import frames
+
 from .api_voice import ApiVoice, ApiVoiceError, resolve_voice
 from .audio import Resampler
 from .json_input import JsonInputError, loads_object
@@ -37,7 +39,7 @@ from .settings import FRAME_MS, SAMPLE_RATE
 from .text_input import clean_text
 
 if TYPE_CHECKING:
-    from tts_engine.stream import Stream
+    from tts_engine import Stream
 
     from .server import Server
 
@@ -258,7 +260,7 @@ class ElevenLabsSocket:
                     ctx.wake.clear()
                     await ctx.wake.wait()
                 stream = ctx.streams[0]
-                async for frame in stream:
+                async for frame in frames(stream):
                     await self._audio(ctx, resampler.push(frame.pcm))
                     self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
                 end = stream.end

@@ -17,6 +17,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from agent.media.frames import frames as stream_frames
+
 from .api_voice import ApiVoice, ApiVoiceError, resolve_voice
 from .encoder import FORMATS, AudioEncoder
 from .http_front import HttpError, HttpExchange, HttpRequest, HttpRoutes
@@ -26,7 +28,7 @@ from .settings import FRAME_MS
 from .text_input import clean_text
 
 if TYPE_CHECKING:
-    from tts_engine.stream import Stream
+    from tts_engine import Stream
 
     from .server import Server
 
@@ -185,7 +187,7 @@ class OpenAIRoutes(HttpRoutes):
                 with self._open(voice, segment) as stream:
                     if i == 0:
                         await exchange.start(200, "text/event-stream" if sse else encoder.content_type, headers)
-                    async for frame in stream:
+                    async for frame in stream_frames(stream):
                         frames += 1
                         await self._send(exchange, encoder.push(frame.pcm), sse)
                         self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)

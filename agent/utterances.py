@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
+from agent.media.frames import frames
+
 from . import protocol
 from .metrics import Metrics
 from .playout import PacedSink, RtcSink
@@ -33,8 +35,7 @@ from .settings import FRAME_MS, SessionSettings
 from .spoken import estimate_spoken
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
-    from tts_engine.stream import Frame, Stream
+    from tts_engine import Engine, Frame, Stream
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class UtteranceQueue:
         """The stream's frames, the first `start_buffer_ms` of them held until all are ready (or it ends)."""
         need = math.ceil(self.settings.start_buffer_ms / FRAME_MS)
         held: list[Frame] | None = [] if need > 0 else None
-        async for frame in stream:
+        async for frame in frames(stream):
             if held is None:
                 yield frame
                 continue

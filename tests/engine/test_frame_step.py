@@ -18,11 +18,8 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from tts_engine.engine import Engine
-from tts_engine.frame_step import bucket_for, kv_windows
-from tts_engine.loading import load_model
-from tts_engine.scheduler import EngineSettings
-from tts_engine.stream import Stream
+from tts_engine import Engine, EngineSettings, Stream, load_model
+from tts_engine.streaming.frame_step import bucket_for, kv_windows
 
 # Long enough to cross the first 128-slot KV window: a frame per text token, ~150 tokens.
 LONG = " ".join(["One stream keeps talking for a good while, so that its positions run past the first window."] * 8)

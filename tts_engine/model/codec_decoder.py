@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CodecDecoderConfig
+from .config import CodecDecoderConfig
 from .layers import MLP, RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 
 
