@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 # The module, not the package's public names: those import the whole engine (torch), and Wyoming's
@@ -19,7 +20,7 @@ async def frames(stream: Stream) -> AsyncIterator[Frame]:
     ready = asyncio.Event()
 
     def notify() -> None:
-        if not loop.is_closed():  # a consumer gone with its loop: nothing to wake
+        with contextlib.suppress(RuntimeError):  # the loop closed under an abandoned iteration: nobody to wake
             loop.call_soon_threadsafe(ready.set)
 
     stream.set_notify(notify)
