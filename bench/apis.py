@@ -4,7 +4,7 @@
     python -m bench.apis --make 0.6b      # writes (once) a random real-size 0.6B checkpoint to the cache
     python -m bench.apis --model DIR [--runs 5] [--tokens-per-s 30]
 
-The server (the real `agent.server.Server`) runs in this process on its own thread; the clients run on
+The server (the real `agent.server.app.Server`) runs in this process on its own thread; the clients run on
 this thread's event loop. Each measure is `--runs` utterances of the same text and voice, after a warm-up:
 
 - openai_speech_{pcm,mp3}: POST /v1/audio/speech with the whole input (the official `openai` SDK's

@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import websockets
 
-from agent.audio import read_wav
-from agent.rtc import RtcSettings
-from agent.rtc_client import RtcClient
-from agent.vad import SPEECH_STARTED, VadSettings
+from agent.media.audio import read_wav
+from agent.media.rtc import RtcSettings
+from agent.media.vad import SPEECH_STARTED, VadSettings
+from bench.rtc_client import RtcClient
 
 SPEECH_WAV = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech" / "speech_48k.wav"
 TEXT = ("Thank you for calling. I am going to read you a rather long answer, so that there is plenty of "
@@ -209,7 +209,7 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from agent.server import Server
+    from agent.server.app import Server
     from agent.settings import ServerSettings
     from tts_engine import Engine, EngineSettings, load_model, make_checkpoint
 

@@ -2,7 +2,7 @@
 
     python -m bench.server [--sessions 1,8,32] [--utterances 2] [--model DIR] [--device cpu]
 
-The server (the real `agent.server.Server`, tiny CustomVoice model by default) runs in this process on its
+The server (the real `agent.server.app.Server`, tiny CustomVoice model by default) runs in this process on its
 own thread; the N WebSocket clients run in a child process, so their CPU is not counted as the server's.
 Each session: session.update (audio "websocket"), then `--utterances` times: the text word by word,
 text.flush, every binary frame until utterance.done. Per N:
@@ -106,7 +106,7 @@ class _RawHistogram:
 
 class _ServerThread:
     def __init__(self, engine: Any, name: str, start_buffer_ms: float = 0.0, engine_nice: int = 5) -> None:
-        from agent.server import Server
+        from agent.server.app import Server
         from agent.settings import ServerSettings, SessionSettings
 
         self.loop = asyncio.new_event_loop()

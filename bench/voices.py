@@ -64,7 +64,7 @@ def _first_frame_s(engine: Any, open_voice: Callable[[], dict[str, Any]]) -> flo
 
 
 def run(model_dir: Path, audio: Path, repeats: int, device: str) -> dict[str, Any]:
-    from agent.reference_audio import load_reference
+    from agent.voices.reference_audio import load_reference
     from tts_engine import Engine, load_model, load_voice_prompt, save_voice_prompt
 
     started = time.perf_counter()

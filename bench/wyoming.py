@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         import torch
 
-        from agent.wyoming import WyomingService, WyomingSettings
+        from agent.wyoming.handler import WyomingService, WyomingSettings
         from tts_engine import Engine, load_model
 
         if args.threads:

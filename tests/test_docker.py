@@ -19,7 +19,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from agent.cli import build_parser
+from agent.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -90,9 +90,9 @@ def served_port(args: Any) -> int:
 
 
 def health_port(test: list[str]) -> int:
-    """`python -m agent.healthcheck URL` -> URL's port (the module must exist)."""
-    assert test[:3] == ["python", "-m", "agent.healthcheck"], test
-    __import__("agent.healthcheck")
+    """`python -m agent.cli.healthcheck URL` -> URL's port (the module must exist)."""
+    assert test[:3] == ["python", "-m", "agent.cli.healthcheck"], test
+    __import__("agent.cli.healthcheck")
     port = urlsplit(test[3]).port
     assert port is not None
     return port
@@ -126,13 +126,57 @@ def test_extras_and_pins_match_pyproject() -> None:
     project = pyproject()["project"]
     extras = project["optional-dependencies"]
     installs = [m for rest in args_of("RUN") for m in re.findall(r'pip install "?\.\[([\w,-]+)\]"?', rest)]
-    assert installs == ["server,gpu"]
+    assert installs == ["server"]  # no `gpu` extra: flash-attn is not used by the engine yet
     for extra in installs[0].split(","):
         assert extra in extras, f"Dockerfile installs extra {extra!r}, pyproject has {sorted(extras)}"
     pins = build_args()
-    requirements = {Requirement(r).name: Requirement(r) for r in project["dependencies"] + extras["gpu"]}
+    requirements = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
     assert requirements["torch"].specifier.contains(pins["TORCH_VERSION"]), pins["TORCH_VERSION"]
-    assert requirements["flash-attn"].specifier.contains(pins["FLASH_ATTN_VERSION"]), pins["FLASH_ATTN_VERSION"]
+
+
+# The CUDA build PyPI serves for each torch release on Linux x86_64, read from the wheel's torch/version.py
+# (`pip download --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 torch==X`). A new torch pin
+# needs its line here, read the same way.
+WHEEL_CUDA = {"2.13.0": "13.0"}
+
+
+def cuda_mismatch(args: dict[str, str], base_images: list[str]) -> str | None:
+    """Why this image's CUDA line is inconsistent, or None: the base image must be NVIDIA's CUDA image of the
+    same CUDA major as the torch wheel the image installs."""
+    wheel = WHEEL_CUDA.get(args.get("TORCH_VERSION", ""))
+    if wheel is None:
+        return f"no known CUDA for torch {args.get('TORCH_VERSION')!r}: add it to WHEEL_CUDA"
+    if args.get("TORCH_CUDA") != wheel:
+        return f"TORCH_CUDA={args.get('TORCH_CUDA')!r}, but torch {args['TORCH_VERSION']} is built for CUDA {wheel}"
+    image_cuda = args.get("CUDA_VERSION", "")
+    if image_cuda.split(".")[0] != wheel.split(".")[0]:
+        return f"base image CUDA {image_cuda} vs torch's CUDA {wheel}: majors differ"
+    if not base_images or any(not img.startswith("nvidia/cuda:${CUDA_VERSION}-") for img in base_images):
+        return f"every stage must start from nvidia/cuda:${{CUDA_VERSION}}-...: {base_images}"
+    return None
+
+
+def test_base_image_cuda_major_is_the_torch_wheels() -> None:
+    base_images = [rest.split()[0] for rest in args_of("FROM")]
+    assert cuda_mismatch(build_args(), base_images) is None, cuda_mismatch(build_args(), base_images)
+    # the check is live: a CUDA 12 base image with torch 2.13 (CUDA 13) is caught, and so is a wrong TORCH_CUDA
+    assert "majors differ" in (cuda_mismatch({**build_args(), "CUDA_VERSION": "12.8.1"}, base_images) or "")
+    assert "built for CUDA" in (cuda_mismatch({**build_args(), "TORCH_CUDA": "12.8"}, base_images) or "")
+    # and the build verifies the installed wheel against the same two values
+    torch_run = next(rest for rest in args_of("RUN") if 'pip install "torch==' in rest)
+    assert "torch.version.cuda" in torch_run and "${TORCH_CUDA}" in torch_run and "CUDA_VERSION" in torch_run
+
+
+def test_final_stage_has_a_c_compiler_for_triton() -> None:
+    """Triton builds its launcher with `cc` and Python.h at run time (--compile on CUDA): the stage the image
+    runs from must install them, and Triton's cache must live in a volume."""
+    stages = re.split(r"\n(?=FROM )", "\n".join(f"{i} {r}" for i, r in instructions()))
+    final_installs = " ".join(re.findall(r"apt-get install ([^&]+)", stages[-1]))
+    for package in ("gcc", "libc6-dev", "python3-dev"):
+        assert re.search(rf"(^|\s){re.escape(package)}(\s|$)", final_installs), package
+    triton = re.search(r"TRITON_CACHE_DIR=(\S+)", " ".join(args_of("ENV")))
+    volumes = json.loads(args_of("VOLUME")[0])
+    assert triton and any(triton.group(1).startswith(v) for v in volumes), triton
 
 
 def test_image_copies_every_package_and_runs_the_console_script() -> None:
@@ -179,6 +223,7 @@ def test_image_defaults_non_root_cache_volume_and_health() -> None:
     assert "VOICEGATE_MODEL=${MODEL_ID}" in env and "MODEL_ID" in build_args()
     cmd = parse_as_container(json.loads(args_of("CMD")[-1]))
     assert cmd.command == "serve" and cmd.host == "0.0.0.0"
+    assert cmd.device == "cuda"  # never a silent CPU fallback in the GPU image
     health = args_of("HEALTHCHECK")[0]
     assert health_port(json.loads(health.split("CMD", 1)[1])) == served_port(cmd)
     exposed = {int(p) for p in args_of("EXPOSE")[0].split()}
@@ -190,7 +235,7 @@ def test_compose_service(name: str) -> None:
     doc = compose()
     service = doc["services"][name]
     args = parse_as_container(service["command"])
-    assert args.command == name
+    assert args.command == name and args.device == "cuda"
     port = served_port(args)
     assert health_port(service["healthcheck"]["test"][1:]) == port  # healthcheck hits the port it serves
     assert [int(p.split(":")[-1]) for p in service["ports"]] == [port]

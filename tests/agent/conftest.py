@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import websockets
 
-from agent.server import Server
+from agent.server.app import Server
 from agent.settings import ServerSettings, SessionSettings
 
 API_KEY = "test-key"
@@ -228,7 +228,7 @@ def serve_checkpoint(checkpoint: Path, name: str, *, voices_dir: Path | None = N
 
 def loopback_rtc() -> Any:
     """WebRTC on 127.0.0.1 only (no interface addresses, no STUN)."""
-    from agent.rtc import RtcSettings
+    from agent.media.rtc import RtcSettings
 
     return RtcSettings(host_addresses=["127.0.0.1"])
 

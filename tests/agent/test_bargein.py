@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.audio import read_wav
-from agent.rtc import RtcSettings
-from agent.server import Server
+from agent.media.audio import read_wav
+from agent.media.rtc import RtcSettings
+from agent.media.vad import SPEECH_STARTED, VadSettings
+from agent.server.app import Server
 from agent.settings import ServerSettings
-from agent.vad import SPEECH_STARTED, VadSettings
 from bench.bargein import barge_in_trial
 from tts_engine import Engine, EngineSettings
 
@@ -72,7 +72,7 @@ async def test_no_barge_in_without_playback(server: Server) -> None:
 
     import websockets
 
-    from agent.rtc_client import RtcClient
+    from bench.rtc_client import RtcClient
 
     speech, _ = read_wav(SPEECH_48K)
     client = RtcClient()

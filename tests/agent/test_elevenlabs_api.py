@@ -12,7 +12,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from agent.audio import Resampler
+from agent.media.audio import Resampler
 
 from .audio_compare import engine_pcm
 from .conftest import API_KEY, ServerThread, wait_no_streams

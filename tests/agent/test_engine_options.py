@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.cli import build_parser
-from agent.engine_options import compile_cache_dir, resolve_compile
+from agent.cli.engine_options import compile_cache_dir, resolve_compile
+from agent.cli.main import build_parser
 
 
 def test_auto_compiles_on_cuda_only() -> None:
@@ -34,7 +34,7 @@ def test_every_engine_command_takes_compile(command: list[str], capsys) -> None:
 
 
 def test_compiled_synth_refuses_the_offline_layout(tiny_checkpoint, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from agent.cli import main
+    from agent.cli.main import main
 
     out = tmp_path / "x.wav"
     code = main(["synth", "--model", str(tiny_checkpoint("custom_voice")), "--text", "Hi.", "--out", str(out),

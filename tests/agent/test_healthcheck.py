@@ -1,4 +1,4 @@
-"""`python -m agent.healthcheck URL` (the container health check) against real servers on loopback."""
+"""`python -m agent.cli.healthcheck URL` (the container health check) against real servers on loopback."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 import socket
 from typing import Any
 
-from agent.healthcheck import check_wyoming, main
-from agent.wyoming import WyomingService, WyomingSettings
+from agent.cli.healthcheck import check_wyoming, main
+from agent.wyoming.handler import WyomingService, WyomingSettings
 
 
 def closed_port() -> int:

@@ -19,7 +19,7 @@ from wyoming.error import Error
 from wyoming.event import async_read_event
 
 from agent.text_input import REPLACEMENT, clean_text
-from agent.wyoming import WyomingService, WyomingSettings
+from agent.wyoming.handler import WyomingService, WyomingSettings
 
 from .conftest import ServerThread, session_client, wait_no_streams
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import protocol
 from agent.metrics import Metrics
-from agent.protocol import ProtocolError, parse_client_message
+from agent.session import protocol
+from agent.session.protocol import ProtocolError, parse_client_message
+from agent.session.spoken import estimate_spoken, rate_prefix, read_prefix, snap_to_word
 from agent.settings import ServerSettings, is_loopback
-from agent.spoken import estimate_spoken, rate_prefix, read_prefix, snap_to_word
 
 MAX = 64 * 1024
 

@@ -18,11 +18,11 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
-from agent.aiortc_patches import LowLatencyAudioBuffer, use_host_addresses
-from agent.audio import read_wav
-from agent.rtc import FRAME_SAMPLES, OutboundAudio, RtcPeer, RtcSettings
-from agent.rtc_client import RtcClient
-from agent.vad import SPEECH_STARTED, SPEECH_STOPPED, VadSettings
+from agent.media.aiortc_patches import LowLatencyAudioBuffer, use_host_addresses
+from agent.media.audio import read_wav
+from agent.media.rtc import FRAME_SAMPLES, OutboundAudio, RtcPeer, RtcSettings
+from agent.media.vad import SPEECH_STARTED, SPEECH_STOPPED, VadSettings
+from bench.rtc_client import RtcClient
 
 SPEECH_48K = Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "speech_48k.wav"
 LOOPBACK = RtcSettings(host_addresses=["127.0.0.1"])

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio import read_wav
-from agent.rtc_client import RtcClient
+from agent.media.audio import read_wav
+from bench.rtc_client import RtcClient
 
 from .conftest import Client, ServerThread, session_client
 

@@ -14,8 +14,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from agent import protocol
-from agent.cli import main as cli_main
+from agent.cli.main import main as cli_main
+from agent.session import protocol
 from agent.settings import FRAME_BYTES
 
 from .conftest import API_KEY, Client, ServerThread, http_get, session_client
@@ -388,7 +388,7 @@ async def test_shutdown_grace_expiry_interrupts_with_reason_shutdown(start_serve
 
 async def test_cli_serve_runs_and_stops_gracefully_on_sigterm(tiny_checkpoint) -> None:  # type: ignore[no-untyped-def]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "serve", "--model", str(tiny_checkpoint("custom_voice")),
+        sys.executable, "-m", "agent.cli.main", "serve", "--model", str(tiny_checkpoint("custom_voice")),
         "--port", "0", "--threads", "1", stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
     try:

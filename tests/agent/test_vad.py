@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.audio import read_wav
-from agent.vad import SPEECH_STARTED, SPEECH_STOPPED, VadSettings, VoiceActivityDetector
+from agent.media.audio import read_wav
+from agent.media.vad import SPEECH_STARTED, SPEECH_STOPPED, VadSettings, VoiceActivityDetector
 
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech"
 RATE = 16000

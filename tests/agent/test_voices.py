@@ -1,6 +1,6 @@
 """Saved voices: reference audio decoding, the registry on a tiny Base checkpoint, the CLI, and the server.
 
-Real peers throughout: espeak-ng speech converted by sox and PyAV, the tiny checkpoints, `python -m agent.cli`
+Real peers throughout: espeak-ng speech converted by sox and PyAV, the tiny checkpoints, `python -m agent.cli.main`
 subprocesses, and a WebSocket client against the real server.
 """
 
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from agent import protocol
-from agent.catalogue import catalogue, find
-from agent.reference_audio import TARGET_RATE, ReferenceAudioError, load_reference
-from agent.session import ModelInfo
+from agent.session import protocol
+from agent.session.session import ModelInfo
 from agent.settings import ServerSettings
-from agent.voices import VoiceError, VoiceRegistry
+from agent.voices.catalogue import catalogue, find
+from agent.voices.reference_audio import TARGET_RATE, ReferenceAudioError, load_reference
+from agent.voices.store import VoiceError, VoiceRegistry
 from tts_engine import load_voice_prompt
 
 from .conftest import ServerThread, serve_checkpoint, session_client
@@ -254,7 +254,7 @@ def test_designed_voice_speaks_its_description(tiny_model: Callable[..., Any], t
 
 def _cli(*args: str, env_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(env_dir or REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "agent.cli.main", *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=300)
 
 
@@ -317,7 +317,7 @@ def test_cli_errors_are_one_line_and_write_nothing(refs: dict[str, Path], tmp_pa
 def test_cli_default_dir_from_environment(tmp_path: Path) -> None:
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
            "VOICEGATE_VOICES_DIR": str(tmp_path / "envdir")}
-    run = [sys.executable, "-m", "agent.cli", "voices"]
+    run = [sys.executable, "-m", "agent.cli.main", "voices"]
     subprocess.run([*run, "add", "zed", "--design", "a deep voice"], env=env, check=True, capture_output=True)
     assert (tmp_path / "envdir" / "zed.voice.json").is_file()
     out = subprocess.run([*run, "list", "--json"], env=env, check=True, capture_output=True, text=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent.voices import VoiceRegistry
+from agent.voices.store import VoiceRegistry
 
 from .conftest import ServerThread, serve_checkpoint, session_client
 from .voice_helpers import espeak_wav, sox

@@ -27,8 +27,8 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from agent.cli import build_parser, main
-from agent.wyoming import WyomingService, WyomingSettings
+from agent.cli.main import build_parser, main
+from agent.wyoming.handler import WyomingService, WyomingSettings
 
 FRAME_BYTES = 1920 * 2
 TEXT = "Hello there, 你好世界 👋🏽 how are you today?"
@@ -277,7 +277,7 @@ async def test_voicegate_wyoming_command_serves_and_stops_on_sigterm(tiny_checkp
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "wyoming", "--model", str(tiny_checkpoint("custom_voice")),
+        sys.executable, "-m", "agent.cli.main", "wyoming", "--model", str(tiny_checkpoint("custom_voice")),
         "--uri", "tcp://127.0.0.1:0", "--device", "cpu", "--threads", "1", "--voice", "serena",
         stderr=asyncio.subprocess.PIPE, env=env)
     try:

@@ -9,8 +9,8 @@ import numpy as np
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from agent.voices import VoiceRegistry
-from agent.wyoming import WyomingService, WyomingSettings
+from agent.voices.store import VoiceRegistry
+from agent.wyoming.handler import WyomingService, WyomingSettings
 
 from .test_wyoming import client, pcm_of, read, read_until, wait_engine_idle
 

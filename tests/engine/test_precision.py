@@ -150,13 +150,13 @@ def test_unknown_precision_is_refused(fp32, tiny_checkpoint) -> None:  # type: i
         apply_precision(fp32, "fp16")
     with pytest.raises(ValueError, match="unknown precision"):
         load_model(tiny_checkpoint("custom_voice"), device="cpu", precision="int4")
-    from agent.cli import PRECISIONS as CLI_PRECISIONS
+    from agent.cli.main import PRECISIONS as CLI_PRECISIONS
 
     assert CLI_PRECISIONS == PRECISIONS  # the CLI's copy (no torch import at parse time)
 
 
 def test_cli_takes_precision_on_synth_serve_and_wyoming(capsys) -> None:  # type: ignore[no-untyped-def]
-    from agent.cli import build_parser
+    from agent.cli.main import build_parser
 
     parser = build_parser()
     common = {"synth": ["--text", "Hi.", "--out", "x.wav"], "serve": [], "wyoming": []}
@@ -172,7 +172,7 @@ def test_cli_takes_precision_on_synth_serve_and_wyoming(capsys) -> None:  # type
 
 def test_synth_cli_int8_writes_a_wav(tiny_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "int8.wav"
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "synth", "--model", str(tiny_checkpoint("custom_voice")),
+    proc = subprocess.run([sys.executable, "-m", "agent.cli.main", "synth", "--model", str(tiny_checkpoint("custom_voice")),
                            "--text", "Hello there.", "--precision", "int8", "--greedy", "--feed", "word",
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,7 @@ import pytest
 
 
 def _voicegate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "agent.cli.main", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_synth_writes_24k_wav_of_whole_frames_and_int64_codes(tiny_checkpoint, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

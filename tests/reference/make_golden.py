@@ -54,7 +54,7 @@ def make_checkpoints(root: Path) -> dict[str, dict]:
     made = {}
     for kind, seed in CHECKPOINT_SEEDS.items():
         path = root / f"{CHECKPOINT_SIZE}-{kind}-{seed}"
-        run([sys.executable, "-m", "agent.cli", "make-checkpoint", str(path), "--size", CHECKPOINT_SIZE,
+        run([sys.executable, "-m", "agent.cli.main", "make-checkpoint", str(path), "--size", CHECKPOINT_SIZE,
              "--kind", kind, "--seed", str(seed)])
         made[kind] = {"path": str(path), "kind": kind, "size": CHECKPOINT_SIZE, "seed": seed,
                       "fingerprint": checkpoint_fingerprint(path)}

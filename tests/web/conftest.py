@@ -80,7 +80,7 @@ def web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThre
 def web_base_server(tiny_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory,
                     netns: LoopbackNamespace) -> Iterator[ServerThread]:
     """A tiny Base checkpoint with one saved (cloned) voice, "alice", made from espeak-ng speech."""
-    from agent.voices import VoiceRegistry
+    from agent.voices.store import VoiceRegistry
     from tests.agent.voice_helpers import espeak_wav
     from tts_engine import load_model
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.audio import read_wav
+from agent.media.audio import read_wav
 
 from .conftest import ARTIFACTS, SPEECH_48K, write_wav
 

@@ -7,10 +7,10 @@ Routes:
   GET /v1/session   WebSocket: a new session, or `?session=ID&token=TOKEN` to join one as a producer
                     (API key, when set: `Authorization: Bearer KEY` or `?api_key=KEY`)
   POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices, GET /v1/voices
-                    OpenAI's speech API and the listings (agent.openai_api), answered by agent.http_front's
+                    OpenAI's speech API and the listings (agent.apis.openai), answered by agent.server.http_front's
                     layer beside websockets (request bodies, chunked responses) on this same socket
   GET /v1/text-to-speech/{voice}/stream-input, .../multi-stream-input
-                    ElevenLabs' streaming-input WebSockets (agent.elevenlabs_api)
+                    ElevenLabs' streaming-input WebSockets (agent.apis.elevenlabs)
 
 The server owns one engine (shared by every session: its scheduler batches their streams) and the
 session table. Shutdown (SIGINT/SIGTERM via `run`): stop accepting, flush open utterances, give in-flight
@@ -41,16 +41,17 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from . import protocol
-from .connection import Connection
-from .elevenlabs_api import ElevenLabsSocket, is_elevenlabs_path, refuse_reason
-from .http_front import FrontConnection
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
-from .openai_api import OpenAIRoutes
-from .session import ModelInfo, Session
-from .settings import ServerSettings
-from .signals import wait_for_stop_signal
+from agent.apis.elevenlabs import ElevenLabsSocket, is_elevenlabs_path, refuse_reason
+from agent.apis.openai import OpenAIRoutes
+from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from agent.metrics import Metrics
+from agent.server.http_front import FrontConnection
+from agent.session import protocol
+from agent.session.connection import Connection
+from agent.session.session import Session
+from agent.settings import ServerSettings
+from agent.signals import wait_for_stop_signal
+from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
     from tts_engine import Engine
@@ -102,7 +103,7 @@ class Server:
         self._ws: WsServer | None = None
         self._port = self.settings.port
         self.openai = OpenAIRoutes(self)
-        self._http_tasks: set[asyncio.Task[None]] = set()  # diverted HTTP requests (agent.http_front)
+        self._http_tasks: set[asyncio.Task[None]] = set()  # diverted HTTP requests (agent.server.http_front)
         m = self.metrics
         m.gauge("voicegate_sessions", "Open sessions.", lambda: len(self.sessions))
         m.gauge("voicegate_connections", "Open session WebSockets.",

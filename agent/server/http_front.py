@@ -121,7 +121,7 @@ class HttpExchange:
 
 
 class HttpRoutes:
-    """What a diverted request is handed to (see agent.openai_api)."""
+    """What a diverted request is handed to (see agent.apis.openai)."""
 
     def claims(self, method: str, path: str) -> bool:
         """Whether this request is ours (the rest goes to websockets): every method but GET by default."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .voices import VoiceRegistry
+from agent.voices.store import VoiceRegistry
 
 if TYPE_CHECKING:
     from tts_engine import Engine, TTSModel, VoicePrompt

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .catalogue import ModelInfo
-from .wyoming_voices import VoiceError, language_name
+from agent.voices.catalogue import ModelInfo
+from agent.wyoming.info import VoiceError, language_name
 
 
 class ApiVoiceError(ValueError):

@@ -9,7 +9,7 @@ Every write is a temp file in the same directory renamed over the target, and ev
 kind, transcript) runs before it, so a failed `add` leaves the directory as it was. Loading a saved voice reads
 one small file: no audio, no model.
 
-Preset speakers are not stored: they belong to a CustomVoice checkpoint (agent.catalogue lists them).
+Preset speakers are not stored: they belong to a CustomVoice checkpoint (agent.voices.catalogue lists them).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.voices.reference_audio import ReferenceAudio, load_reference
 from tts_engine.files import atomic_file
-
-from .reference_audio import ReferenceAudio, load_reference
 
 if TYPE_CHECKING:
     from tts_engine import TTSModel, VoicePrompt

@@ -1,4 +1,4 @@
-"""Container health check: `python -m agent.healthcheck URL`, exit 0 when the server answers as it should.
+"""Container health check: `python -m agent.cli.healthcheck URL`, exit 0 when the server answers as it should.
 
     http://HOST:PORT/healthz   `voicegate serve`: 200 with {"ok": true}
     tcp://HOST:PORT            `voicegate wyoming`: describe -> info with a TTS program
@@ -46,7 +46,7 @@ async def check_wyoming(host: str, port: int) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m agent.healthcheck http://HOST:PORT/healthz | tcp://HOST:PORT", file=sys.stderr)
+        print("usage: python -m agent.cli.healthcheck http://HOST:PORT/healthz | tcp://HOST:PORT", file=sys.stderr)
         return 2
     url = urlsplit(args[0])
     if url.scheme in ("http", "https"):

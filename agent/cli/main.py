@@ -11,10 +11,10 @@ import time
 import wave
 from pathlib import Path
 
-from agent.engine_options import add_engine_arguments
-from agent.voices import default_voices_dir
-from agent.voices_cli import add_parser as add_voices_parser
-from agent.voices_cli import add_voices_dir
+from agent.cli.engine_options import add_engine_arguments
+from agent.cli.voices import add_parser as add_voices_parser
+from agent.cli.voices import add_voices_dir
+from agent.voices.store import default_voices_dir
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 PRECISIONS = ("fp32", "bf16", "int8")  # tts_engine.precision.PRECISIONS (not imported: no torch at parse time)
@@ -68,7 +68,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return 2
     ref = None
     if args.ref_audio:  # decode and check before loading the model: a bad file fails at once
-        from agent.reference_audio import load_reference
+        from agent.voices.reference_audio import load_reference
 
         ref = load_reference(args.ref_audio)
         for warning in ref.warnings:
@@ -77,13 +77,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, precision=args.precision)
     voice = _synth_voice(model, args, ref)
     if voice.get("instruct") and model.config.tts_model_type == "custom_voice":
-        from agent.catalogue import honours_instruct
+        from agent.voices.catalogue import honours_instruct
 
         if not honours_instruct("custom_voice", model.config.tts_model_size):
             print("warning: the 0.6B CustomVoice model ignores --instruct (as the official package does); use "
                   "the 1.7B CustomVoice or a VoiceDesign model for style control", file=sys.stderr)
             voice["instruct"] = None
-    from agent.engine_options import resolve_compile
+    from agent.cli.engine_options import resolve_compile
 
     # The compiled frame step is the streaming engine's: a compiled synth runs through it (same codes).
     compiled = resolve_compile(args.compile, model.device.type)
@@ -119,8 +119,8 @@ def _synth_voice(model, args: argparse.Namespace, ref) -> dict:  # type: ignore[
 
     language = args.language or "auto"
     if args.voice:
-        from agent.catalogue import catalogue, find
-        from agent.voices import VoiceRegistry
+        from agent.voices.catalogue import catalogue, find
+        from agent.voices.store import VoiceRegistry
 
         entries = catalogue(model, VoiceRegistry(args.voices_dir))
         entry = find(entries, args.voice)
@@ -147,7 +147,7 @@ def _synth_streaming(model, args: argparse.Namespace, voice: dict):  # type: ign
     """Feed the text word by word or character by character into the streaming engine."""
     import numpy as np
 
-    from agent.engine_options import build_engine
+    from agent.cli.engine_options import build_engine
 
     text = args.text
     if args.feed == "char":
@@ -196,8 +196,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is too chatty
     import torch
 
-    from agent.engine_options import build_engine
-    from agent.server import Server
+    from agent.cli.engine_options import build_engine
+    from agent.server.app import Server
     from tts_engine import load_model
 
     if args.threads:
@@ -206,7 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = build_engine(model, args.compile, max_streams=args.max_streams)
     rtc_settings = None
     if args.ice_server:
-        from agent.rtc import RtcSettings
+        from agent.media.rtc import RtcSettings
 
         rtc_settings = RtcSettings(ice_servers=[{"urls": url} for url in args.ice_server])
     server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings)
@@ -226,7 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_wyoming(args: argparse.Namespace) -> int:
     try:
-        from agent.wyoming import run_from_args
+        from agent.wyoming.handler import run_from_args
     except ImportError as exc:  # the `wyoming` package comes with the server extra
         print(f"error: voicegate wyoming needs the server extra (pip install 'voicegate[server]'): {exc}",
               file=sys.stderr)

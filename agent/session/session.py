@@ -2,9 +2,9 @@
 
 A session has one owner connection and any number of producers (up to max_connections) that joined with
 its token. Every session event goes to all of them; errors and direct replies only to the sender. The
-utterances themselves (text verbs, queue, playout, accounting) are agent.utterances.UtteranceQueue.
+utterances themselves (text verbs, queue, playout, accounting) are agent.session.utterances.UtteranceQueue.
 
-Nothing here awaits a send (agent.connection queues), so `on_speech` (called by the RTC peer on the event
+Nothing here awaits a send (agent.session.connection queues), so `on_speech` (called by the RTC peer on the event
 loop) cancels the engine stream, drops queued audio and reports `utterance.interrupted` in one loop tick.
 
 Tasks: the utterance queue's playout task, and the close of a failed RTC peer; `close()` ends them all.
@@ -19,21 +19,21 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from . import protocol
-from .catalogue import ModelInfo
-from .connection import Connection
-from .metrics import Metrics
-from .playout import PacedSink, RtcSink
-from .protocol import ProtocolError
-from .settings import FRAME_MS, SAMPLE_RATE, SessionSettings
-from .utterances import Utterance, UtteranceQueue, VoiceConfig
+from agent.media.playout import PacedSink, RtcSink
+from agent.metrics import Metrics
+from agent.session import protocol
+from agent.session.connection import Connection
+from agent.session.protocol import ProtocolError
+from agent.session.utterances import Utterance, UtteranceQueue, VoiceConfig
+from agent.settings import FRAME_MS, SAMPLE_RATE, SessionSettings
+from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
     from tts_engine import Engine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelInfo", "Session"]  # ModelInfo lives in agent.catalogue; importing it from here keeps working
+__all__ = ["ModelInfo", "Session"]  # ModelInfo lives in agent.voices.catalogue; importing it from here keeps working
 
 
 class Session:
@@ -54,7 +54,7 @@ class Session:
         self.barge_in = settings.barge_in
         self.echo_guard_ms = settings.echo_guard_ms
         self.listener: Connection | None = None
-        self.peer: Any = None  # agent.rtc.RtcPeer once a webrtc.offer was answered
+        self.peer: Any = None  # agent.media.rtc.RtcPeer once a webrtc.offer was answered
         self.user_speaking = False
         self._guarded_speech = False  # the current speech run started inside the echo guard
         self.closed = False
@@ -197,7 +197,7 @@ class Session:
     def _vad_settings(self, vad: dict[str, Any] | None = None) -> Any:
         import dataclasses
 
-        from .vad import VadSettings
+        from agent.media.vad import VadSettings
 
         base = self.vad_defaults if self.vad_defaults is not None else VadSettings()
         overrides = self.vad if vad is None else vad
@@ -240,7 +240,7 @@ class Session:
 
     async def offer(self, conn: Connection, msg: protocol.WebRtcOffer) -> None:
         try:
-            from .rtc import RtcPeer, RtcSettings
+            from agent.media.rtc import RtcPeer, RtcSettings
         except ImportError as exc:
             raise ProtocolError(protocol.WEBRTC_UNAVAILABLE, f"WebRTC is not available on this server "
                                                              f"({exc}); install voicegate[server] or use "

@@ -1,9 +1,9 @@
 """OpenAI's speech API on the serve port: POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices
 (and ElevenLabs' GET /v1/voices listing).
 
-One request is one flow, in the task agent.http_front gives it: the input (split into segments an engine
-stream can hold, agent.segments) goes into the engine's text track at once, and each 80 ms frame is encoded
-(agent.encoder) and sent as a chunk as soon as the engine makes it; nothing waits for the whole utterance.
+One request is one flow, in the task agent.server.http_front gives it: the input (split into segments an engine
+stream can hold, agent.apis.segments) goes into the engine's text track at once, and each 80 ms frame is encoded
+(agent.media.encoder) and sent as a chunk as soon as the engine makes it; nothing waits for the whole utterance.
 A client that disconnects cancels the task, and the `finally` cancels the engine stream before the next
 step. Errors before the first byte are OpenAI-shaped JSON ({"error": {message, type, param, code}}); after
 it, the stream is cut short (an HTTP status cannot change then). docs/openai.md lists what is honoured.
@@ -17,20 +17,18 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from agent.apis.segments import split_text
+from agent.json_input import JsonInputError, loads_object
+from agent.media.encoder import FORMATS, AudioEncoder
 from agent.media.frames import frames as stream_frames
-
-from .api_voice import ApiVoice, ApiVoiceError, resolve_voice
-from .encoder import FORMATS, AudioEncoder
-from .http_front import HttpError, HttpExchange, HttpRequest, HttpRoutes
-from .json_input import JsonInputError, loads_object
-from .segments import split_text
-from .settings import FRAME_MS
-from .text_input import clean_text
+from agent.server.http_front import HttpError, HttpExchange, HttpRequest, HttpRoutes
+from agent.settings import FRAME_MS
+from agent.text_input import clean_text
+from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
 if TYPE_CHECKING:
+    from agent.server.app import Server
     from tts_engine import Stream
-
-    from .server import Server
 
 log = logging.getLogger(__name__)
 

@@ -47,12 +47,11 @@ from wyoming.tts import (
 )
 
 from agent.media.frames import frames
-
-from .session import ModelInfo
-from .settings import FRAME_MS, SAMPLE_RATE
-from .signals import wait_for_stop_signal
-from .text_input import clean_text
-from .wyoming_voices import DEFAULT_VOICE, ResolvedVoice, VoiceError, language_name, resolve, tts_program
+from agent.settings import FRAME_MS, SAMPLE_RATE
+from agent.signals import wait_for_stop_signal
+from agent.text_input import clean_text
+from agent.voices.catalogue import ModelInfo
+from agent.wyoming.info import DEFAULT_VOICE, ResolvedVoice, VoiceError, language_name, resolve, tts_program
 
 if TYPE_CHECKING:
     from tts_engine import Engine, Stream
@@ -358,12 +357,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.getLogger("zeroconf").setLevel(logging.WARNING)
     import torch
 
-    from agent.engine_options import build_engine
+    from agent.cli.engine_options import build_engine
     from tts_engine import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from agent.voices import default_voices_dir
+    from agent.voices.store import default_voices_dir
 
     settings = WyomingSettings(uri=args.uri, voice=args.voice, language=args.language, instruct=args.instruct,
                                seed=args.seed, greedy=args.greedy, zeroconf_name=args.zeroconf,

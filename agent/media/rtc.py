@@ -54,9 +54,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from .aiortc_patches import LowLatencyAudioBuffer, install_receive_buffer, use_host_addresses
-from .audio import WEBRTC_RATE, MicConverter, Resampler, audio_frame, fade_out
-from .vad import SPEECH_STARTED, VadSettings, VoiceActivityDetector
+from agent.media.aiortc_patches import LowLatencyAudioBuffer, install_receive_buffer, use_host_addresses
+from agent.media.audio import WEBRTC_RATE, MicConverter, Resampler, audio_frame, fade_out
+from agent.media.vad import SPEECH_STARTED, VadSettings, VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from .aiortc_patches import use_host_addresses
-from .rtc import OutboundAudio, RtcSettings, apply_receive_buffer
+from agent.media.aiortc_patches import use_host_addresses
+from agent.media.rtc import OutboundAudio, RtcSettings, apply_receive_buffer
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ most `lead_ms` of audio, so the client buffers a small, bounded amount and `play
 lead of what it has actually played. An engine frame that arrives late starts the clock afresh (the
 listener had a gap) instead of bursting to catch up.
 
-RtcSink hands frames to agent.rtc.OutboundAudio, which paces itself (20 ms at 48 kHz on an absolute clock);
+RtcSink hands frames to agent.media.rtc.OutboundAudio, which paces itself (20 ms at 48 kHz on an absolute clock);
 the sink only keeps `queue_ms` of engine audio queued there, so a flush drops little.
 """
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import Metrics
-from .settings import FRAME_MS
+from agent.metrics import Metrics
+from agent.settings import FRAME_MS
 
 OnSent = Callable[[str, float, float], None]  # (utterance id, ms, loop time)
 
@@ -97,7 +97,7 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 class RtcSink:
-    """WebRTC playout through agent.rtc.OutboundAudio (which paces and resamples)."""
+    """WebRTC playout through agent.media.rtc.OutboundAudio (which paces and resamples)."""
 
     kind = "webrtc"
 

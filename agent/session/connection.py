@@ -19,7 +19,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol
+from agent.session import protocol
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from .audio import audio_frame
+from agent.media.audio import audio_frame
 
 
 @dataclass(frozen=True)

@@ -30,18 +30,16 @@ from urllib.parse import unquote
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from agent.json_input import JsonInputError, loads_object
+from agent.media.audio import Resampler
 from agent.media.frames import frames
-
-from .api_voice import ApiVoice, ApiVoiceError, resolve_voice
-from .audio import Resampler
-from .json_input import JsonInputError, loads_object
-from .settings import FRAME_MS, SAMPLE_RATE
-from .text_input import clean_text
+from agent.settings import FRAME_MS, SAMPLE_RATE
+from agent.text_input import clean_text
+from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
 if TYPE_CHECKING:
+    from agent.server.app import Server
     from tts_engine import Stream
-
-    from .server import Server
 
 log = logging.getLogger(__name__)
 

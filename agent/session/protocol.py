@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .json_input import JsonInputError, loads_object
-from .text_input import clean_text
+from agent.json_input import JsonInputError, loads_object
+from agent.text_input import clean_text
 
 # ---- error codes ---------------------------------------------------------------------------------
 BAD_JSON = "bad_json"  # not JSON, or not a JSON object

@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import Tokenizer
 
 from agent.media.frames import frames
-
-from . import protocol
-from .metrics import Metrics
-from .playout import PacedSink, RtcSink
-from .protocol import ProtocolError
-from .settings import FRAME_MS, SessionSettings
-from .spoken import estimate_spoken
+from agent.media.playout import PacedSink, RtcSink
+from agent.metrics import Metrics
+from agent.session import protocol
+from agent.session.protocol import ProtocolError
+from agent.session.spoken import estimate_spoken
+from agent.settings import FRAME_MS, SessionSettings
 
 if TYPE_CHECKING:
     from tts_engine import Engine, Frame, Stream

@@ -1,4 +1,4 @@
-"""`voicegate voices list|add|remove`: the voices directory from the command line (agent.voices)."""
+"""`voicegate voices list|add|remove`: the voices directory from the command line (agent.voices.store)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any
 
-from .reference_audio import MAX_SECONDS, MIN_SECONDS, WARN_SECONDS, load_reference
-from .voices import MODES, AddTimings, VoiceError, VoiceRegistry, default_voices_dir
+from agent.voices.reference_audio import MAX_SECONDS, MIN_SECONDS, WARN_SECONDS, load_reference
+from agent.voices.store import MODES, AddTimings, VoiceError, VoiceRegistry, default_voices_dir
 
 
 def _say(message: str) -> None:

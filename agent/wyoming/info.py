@@ -1,4 +1,4 @@
-"""The server's voice catalogue (agent.session.ModelInfo) as Wyoming sees it, and Wyoming voice requests
+"""The server's voice catalogue (agent.voices.catalogue.ModelInfo) as Wyoming sees it, and Wyoming voice requests
 resolved against it.
 
 Home Assistant lists a Wyoming voice under each language code it declares and matches those codes against
@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from wyoming.info import Attribution, TtsProgram, TtsVoice, TtsVoiceSpeaker
 from wyoming.tts import SynthesizeVoice
 
-from .session import ModelInfo
+from agent.voices.catalogue import ModelInfo
 
 # Qwen3-TTS language names (checkpoint config) -> ISO 639-1. A name missing here is published unchanged.
 ISO_CODES = {"chinese": "zh", "english": "en", "french": "fr", "german": "de", "italian": "it",
