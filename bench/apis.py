@@ -145,7 +145,7 @@ async def bench(port: int, voice: str, text: str, runs: int, tokens_per_s: float
 
 
 def _checkpoint(args: argparse.Namespace, tmp: str) -> tuple[str, str]:
-    from tts_engine.checkpoint import make_checkpoint
+    from tts_engine import make_checkpoint
 
     if args.model:
         return args.model, args.model
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.server import _ServerThread
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings, load_model
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -211,10 +211,7 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from agent.server.app import Server
     from agent.settings import ServerSettings
-    from tts_engine.checkpoint import make_checkpoint
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings, load_model, make_checkpoint
 
     model_dir = args.model
     tmp = None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def bench_checkpoint(size: str) -> Path:
     """A random CustomVoice checkpoint of `size` (tiny | 0.6b | 1.7b), seed 0, written on first use."""
-    from tts_engine.checkpoint import make_checkpoint
+    from tts_engine import make_checkpoint
 
     model_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voicegate" / f"bench-{size}"
     if not (model_dir / "model.safetensors").exists():

@@ -48,7 +48,7 @@ VARIANTS = {  # name -> (compiled frame step, precision)
 
 
 def _load(model_dir: Path, device: str, precision: str):  # type: ignore[no-untyped-def]
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     return load_model(model_dir, device=device, precision=precision)
 
@@ -57,10 +57,10 @@ def _load(model_dir: Path, device: str, precision: str):  # type: ignore[no-unty
 def bench_split(model_dir: Path, text: str, device: str, max_frames: int,
                 compile_codec: bool = False) -> dict[str, Any]:
     """fp32 eager, one stream, each part timed on its own: talker (+ code 0), predictor, codec frame."""
-    from tts_engine.codec_stream import StreamingCodecDecoder
-    from tts_engine.generate import frame_input
-    from tts_engine.prompt import first_target_row
-    from tts_engine.sampling import process_code0, suppressed_ids
+    from tts_engine.model.codec_stream import StreamingCodecDecoder
+    from tts_engine.sampling.processors import process_code0, suppressed_ids
+    from tts_engine.synthesis.generate import frame_input
+    from tts_engine.synthesis.prompt import first_target_row
 
     t0 = time.perf_counter()
     model = _load(model_dir, device, "fp32")
@@ -140,7 +140,7 @@ def bench_split(model_dir: Path, text: str, device: str, max_frames: int,
 def _codec_compiled(codec, codes: list[torch.Tensor], dev: torch.device) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """The incremental codec frame alone, compiled (as inside the compiled frame step), on the split run's
     codes: ms per frame and the largest sample difference from the eager decoder."""
-    from tts_engine.codec_stream import CodecStreamState
+    from tts_engine.model.codec_stream import CodecStreamState
 
     def frame(step_codes: torch.Tensor, state: CodecStreamState) -> tuple[torch.Tensor, CodecStreamState]:
         pcm = codec.decode_step(step_codes, state)
@@ -174,8 +174,7 @@ def bench_engine(model_dir: Path, text: str, device: str, max_frames: int, compi
                  precision: str) -> dict[str, Any]:
     """The streaming engine's real path, one stream: prefill, then one FrameStep per frame (talker, code 0,
     15 residual codes, codec frame, one host copy). One bucket and one KV window: one graph when compiled."""
-    from tts_engine.engine import Engine
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings
 
     t0 = time.perf_counter()
     model = _load(model_dir, device, precision)

@@ -41,11 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.streaming import _step_times, _ttfa
-from tts_engine.checkpoint import make_checkpoint
-from tts_engine.codec_stream import pcm_to_int16
-from tts_engine.engine import Engine
-from tts_engine.loading import load_model
-from tts_engine.scheduler import EngineSettings
+from tts_engine import Engine, EngineSettings, load_model, make_checkpoint
+from tts_engine.model.codec_stream import pcm_to_int16
 
 TEXT = ("Hello there. This check runs the compiled frame step and compares its codes with the eager step, "
         "one eighty millisecond frame at a time.")

@@ -25,8 +25,8 @@ import torch
 import torch._dynamo
 
 from bench.checkpoints import bench_checkpoint
-from tts_engine.frame_step import INT_COLUMNS, FrameStep, StepInputs
-from tts_engine.loading import load_model
+from tts_engine import load_model
+from tts_engine.streaming.frame_step import INT_COLUMNS, FrameStep, StepInputs
 
 
 def capture(step: FrameStep, layout: str) -> dict[str, Any]:

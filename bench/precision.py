@@ -3,7 +3,7 @@
     python -m bench.precision --checkpoint DIR --frames 24
     python -m bench.precision --make 0.6b --frames 24     # writes (once) ~/.cache/voicegate/bench-0.6b
 
-Per precision (tts_engine/precision.py builds each from the one fp32 load):
+Per precision (tts_engine/checkpoints/precision.py builds each from the one fp32 load):
 - agreement: fp32 runs greedy (streaming layout, the text known up front) and gives the reference codes;
   each precision then runs teacher-forced on them (the fp32 codes are its history: talker inputs and
   the code predictor's inputs) and we count where its greedy pick equals fp32's: code 0 (the talker,
@@ -44,12 +44,12 @@ import numpy as np
 import torch
 
 from bench.checkpoints import bench_checkpoint
-from tts_engine.codec_stream import StreamingCodecDecoder
-from tts_engine.generate import frame_input
-from tts_engine.precision import PRECISIONS, with_precision
-from tts_engine.prompt import first_target_row
-from tts_engine.sampling import process_code0, suppressed_ids
-from tts_engine.tts import TTSModel
+from tts_engine import TTSModel
+from tts_engine.checkpoints.precision import PRECISIONS, with_precision
+from tts_engine.model.codec_stream import StreamingCodecDecoder
+from tts_engine.sampling.processors import process_code0, suppressed_ids
+from tts_engine.synthesis.generate import frame_input
+from tts_engine.synthesis.prompt import first_target_row
 
 DEFAULT_TEXT = ("Hello there. This is a benchmark of the voicegate engine, "
                 "speaking one sentence of moderate length.")
@@ -182,7 +182,7 @@ def lower_quartile(values: list[float]) -> float:
 
 def engine_step_timings(model: TTSModel, frames: int) -> Iterator[float]:
     """ms of each FrameStep (tts_engine/frame_step.py) with one live row, after one untimed step."""
-    from tts_engine.frame_step import FrameStep, StepInputs
+    from tts_engine.streaming.frame_step import FrameStep, StepInputs
 
     step = FrameStep(model, rows=1, max_positions=128)
     sampling = model.sampling(greedy=True)
@@ -285,7 +285,7 @@ def main() -> None:
     if precisions[:1] != ("fp32",) or any(p not in PRECISIONS for p in precisions):
         parser.error(f"--precisions: fp32 first, then any of {PRECISIONS}")
 
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     t0 = time.perf_counter()
     base = load_model(model_dir, device=args.device)

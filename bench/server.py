@@ -155,8 +155,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def bench_sessions(model: Any, name: str, n: int, utterances: int, text: str,
                    start_buffer_ms: float = 0.0, engine_nice: int = 5) -> dict[str, Any]:
-    from tts_engine.engine import Engine
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings
 
     engine = Engine(model, EngineSettings(max_streams=max(1, n)))
     srv = _ServerThread(engine, name, start_buffer_ms, engine_nice)
@@ -242,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
-            from tts_engine.checkpoint import make_checkpoint
+            from tts_engine import make_checkpoint
 
             model_dir = str(make_checkpoint(Path(tmp) / "tiny", "tiny", "custom_voice", 0))
         model = load_model(model_dir, device=args.device)

@@ -25,9 +25,7 @@ from typing import Any
 
 import torch
 
-from tts_engine.engine import Engine
-from tts_engine.loading import load_model
-from tts_engine.scheduler import EngineSettings
+from tts_engine import Engine, EngineSettings, load_model
 
 LONG_TEXT = " ".join(["This sentence keeps the stream busy while we measure how long one step takes."] * 6)
 

@@ -65,9 +65,7 @@ def _first_frame_s(engine: Any, open_voice: Callable[[], dict[str, Any]]) -> flo
 
 def run(model_dir: Path, audio: Path, repeats: int, device: str) -> dict[str, Any]:
     from agent.voices.reference_audio import load_reference
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.voice_prompt import load_voice_prompt, save_voice_prompt
+    from tts_engine import Engine, load_model, load_voice_prompt, save_voice_prompt
 
     started = time.perf_counter()
     model = load_model(model_dir, device=device)
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --model DIR or --make SIZE")
     model_dir = Path(args.model) if args.model else Path(args.cache) / f"base-{args.make}"
     if args.make and not (model_dir / "config.json").exists():
-        from tts_engine.checkpoint import make_checkpoint
+        from tts_engine import make_checkpoint
 
         print(f"writing a random {args.make} Base checkpoint to {model_dir} ...", file=sys.stderr)
         make_checkpoint(model_dir, size=args.make, kind="base", seed=0)

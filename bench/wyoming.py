@@ -30,6 +30,8 @@ from wyoming.audio import AudioChunk
 from wyoming.client import AsyncTcpClient
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
+from agent.media.frames import frames
+
 TEXT = ("Okay! The kitchen lights are off now, and I set the thermostat to twenty-one degrees for the evening. "
         "Anything else?")
 
@@ -88,7 +90,7 @@ async def engine_first_frame(engine: Any, speaker: str | None, chunk_chars: int,
             await asyncio.sleep(interval_s)
 
     feeder = asyncio.create_task(feed())
-    async for _frame in stream:
+    async for _frame in frames(stream):
         first = time.perf_counter()
         break
     stream.cancel()
@@ -113,8 +115,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         from agent.wyoming.handler import WyomingService, WyomingSettings
-        from tts_engine.engine import Engine
-        from tts_engine.loading import load_model
+        from tts_engine import Engine, load_model
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """tiny_checkpoint(kind="custom_voice", seed=0) -> directory, cached for the session."""
-    from tts_engine.checkpoint import make_checkpoint
+    from tts_engine import make_checkpoint
 
     made: dict[tuple[str, int], Path] = {}
 
@@ -31,7 +31,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint: Callable[..., Path]) -> Callable[..., object]:
     """tiny_model(kind="custom_voice", seed=0) -> a loaded TTSModel (fp32, CPU), cached."""
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     loaded: dict[tuple[str, int], object] = {}
 

@@ -32,13 +32,14 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.json_input import JsonInputError, loads_object
 from agent.media.audio import Resampler
+from agent.media.frames import frames
 from agent.settings import FRAME_MS, SAMPLE_RATE
 from agent.text_input import clean_text
 from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
 if TYPE_CHECKING:
     from agent.server.app import Server
-    from tts_engine.stream import Stream
+    from tts_engine import Stream
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ class ElevenLabsSocket:
                     ctx.wake.clear()
                     await ctx.wake.wait()
                 stream = ctx.streams[0]
-                async for frame in stream:
+                async for frame in frames(stream):
                     await self._audio(ctx, resampler.push(frame.pcm))
                     self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
                 end = stream.end

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.apis.segments import split_text
 from agent.json_input import JsonInputError, loads_object
 from agent.media.encoder import FORMATS, AudioEncoder
+from agent.media.frames import frames as stream_frames
 from agent.server.http_front import HttpError, HttpExchange, HttpRequest, HttpRoutes
 from agent.settings import FRAME_MS
 from agent.text_input import clean_text
@@ -27,7 +28,7 @@ from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
 if TYPE_CHECKING:
     from agent.server.app import Server
-    from tts_engine.stream import Stream
+    from tts_engine import Stream
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class OpenAIRoutes(HttpRoutes):
                 with self._open(voice, segment) as stream:
                     if i == 0:
                         await exchange.start(200, "text/event-stream" if sse else encoder.content_type, headers)
-                    async for frame in stream:
+                    async for frame in stream_frames(stream):
                         frames += 1
                         await self._send(exchange, encoder.push(frame.pcm), sse)
                         self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)

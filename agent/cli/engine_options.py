@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
-    from tts_engine.tts import TTSModel
+    from tts_engine import Engine, TTSModel
 
 COMPILE_CHOICES = ("auto", "on", "off")
 
@@ -55,8 +54,7 @@ def print_progress(line: str) -> None:
 def build_engine(model: TTSModel, choice: str, **settings: Any) -> Engine:
     """The engine of a command: EngineSettings(**settings) with --compile resolved for the model's device;
     when compiled, every graph is built before this returns, one progress line each."""
-    from tts_engine.engine import Engine
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings
 
     compiled = resolve_compile(choice, model.device.type)
     if compiled:

@@ -39,7 +39,7 @@ def _write_wav(path: Path, audio, sample_rate: int = 24000) -> None:  # type: ig
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
-    from tts_engine.checkpoint import make_checkpoint
+    from tts_engine import make_checkpoint
 
     started = time.perf_counter()
     out = make_checkpoint(args.dir, size=args.size, kind=args.kind, seed=args.seed)
@@ -52,7 +52,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     if args.feed != "all" and args.non_streaming:
         print("error: --feed word|char streams text into the streaming layout; drop --non-streaming",
@@ -198,7 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from agent.cli.engine_options import build_engine
     from agent.server.app import Server
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -61,7 +61,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         _say(f"warning: {warning}")
     if not args.consent:
         _say("note: no --consent given; record who agreed to this voice being cloned (kept in the voice file)")
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     started = time.perf_counter()
     _say(f"loading {args.model} ...")

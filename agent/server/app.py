@@ -54,7 +54,7 @@ from agent.signals import wait_for_stop_signal
 from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
+    from tts_engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Server:
 
     def _load_tokenizer(self) -> Any:
         try:
-            from tts_engine.text import load_fast_tokenizer
+            from tts_engine.text.incremental import load_fast_tokenizer
 
             return load_fast_tokenizer(self.engine.model.path)
         except Exception:  # spoken_text then uses the speaking rate alone

@@ -29,7 +29,7 @@ from agent.settings import FRAME_MS, SAMPLE_RATE, SessionSettings
 from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
+    from tts_engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Session:
         return self.info.stream_args(voice.voice, voice.language, voice.instruct)
 
     def _check_voice(self, voice: VoiceConfig, msg_id: str | None) -> None:
-        from tts_engine.prompt import validate_voice
+        from tts_engine import validate_voice
 
         if voice.language not in self.info.languages:
             raise ProtocolError(protocol.INVALID_VOICE, f"unknown language {voice.language!r}; this model "

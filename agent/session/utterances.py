@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
+from agent.media.frames import frames
 from agent.media.playout import PacedSink, RtcSink
 from agent.metrics import Metrics
 from agent.session import protocol
@@ -33,8 +34,7 @@ from agent.session.spoken import estimate_spoken
 from agent.settings import FRAME_MS, SessionSettings
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
-    from tts_engine.stream import Frame, Stream
+    from tts_engine import Engine, Frame, Stream
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class UtteranceQueue:
         """The stream's frames, the first `start_buffer_ms` of them held until all are ready (or it ends)."""
         need = math.ceil(self.settings.start_buffer_ms / FRAME_MS)
         held: list[Frame] | None = [] if need > 0 else None
-        async for frame in stream:
+        async for frame in frames(stream):
             if held is None:
                 yield frame
                 continue

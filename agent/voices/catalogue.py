@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.voices.store import VoiceRegistry
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
-    from tts_engine.tts import TTSModel
-    from tts_engine.voice_prompt import VoicePrompt
+    from tts_engine import Engine, TTSModel, VoicePrompt
 
 log = logging.getLogger(__name__)
 

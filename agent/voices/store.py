@@ -29,8 +29,7 @@ from agent.voices.reference_audio import ReferenceAudio, load_reference
 from tts_engine.files import atomic_file
 
 if TYPE_CHECKING:
-    from tts_engine.tts import TTSModel
-    from tts_engine.voice_prompt import VoicePrompt
+    from tts_engine import TTSModel, VoicePrompt
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ class VoiceRegistry:
 
     @staticmethod
     def _load_prompt(path: Path) -> tuple[VoicePrompt, dict[str, Any]]:
-        from tts_engine.voice_prompt import load_voice_prompt
+        from tts_engine import load_voice_prompt
 
         return load_voice_prompt(path)
 
@@ -193,7 +192,7 @@ class VoiceRegistry:
         self._claim(name, force)
 
     def add_designed(self, name: str, description: str, language: str = "auto", force: bool = False) -> SavedVoice:
-        from tts_engine.checkpoint import LANGUAGES
+        from tts_engine import LANGUAGES
 
         old = self._claim(name, force)
         description = description.strip()
@@ -216,7 +215,7 @@ class VoiceRegistry:
 
         mode: "xvector" (speaker vector only) or "icl" (also the reference codes and `text`, its transcript);
         default: "icl" when a transcript is given."""
-        from tts_engine.voice_prompt import save_voice_prompt
+        from tts_engine import save_voice_prompt
 
         timings = timings if timings is not None else AddTimings()
         old = self._claim(name, force)

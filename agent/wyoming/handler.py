@@ -46,6 +46,7 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
+from agent.media.frames import frames
 from agent.settings import FRAME_MS, SAMPLE_RATE
 from agent.signals import wait_for_stop_signal
 from agent.text_input import clean_text
@@ -53,8 +54,7 @@ from agent.voices.catalogue import ModelInfo
 from agent.wyoming.info import DEFAULT_VOICE, ResolvedVoice, VoiceError, language_name, resolve, tts_program
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
-    from tts_engine.stream import Stream
+    from tts_engine import Engine, Stream
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class WyomingHandler(AsyncEventHandler):
     async def _send_audio(self, flow: Flow, stream: Stream) -> None:
         fmt = {"rate": SAMPLE_RATE, "width": 2, "channels": 1}
         await self.write_event(AudioStart(timestamp=0, **fmt).event())
-        async for frame in stream:
+        async for frame in frames(stream):
             if flow.first_audio is None:
                 flow.first_audio = time.monotonic()
             pcm = frame.pcm.astype("<i2", copy=False).tobytes()
@@ -358,7 +358,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     import torch
 
     from agent.cli.engine_options import build_engine
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -202,9 +202,7 @@ async def session_client(url: str, **connect_kwargs: Any):  # type: ignore[no-un
 @pytest.fixture(scope="session")
 def engine(tiny_checkpoint: Callable[..., Path]) -> Iterator[Any]:
     """One engine for every test server (its own model: the scheduler owns the model's caches)."""
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings, load_model
 
     eng = Engine(load_model(tiny_checkpoint("custom_voice"), device="cpu"), EngineSettings(max_streams=8))
     yield eng
@@ -216,9 +214,7 @@ def serve_checkpoint(checkpoint: Path, name: str, *, voices_dir: Path | None = N
                      rtc_settings: Any = None, on_thread_start: Callable[[], None] | None = None
                      ) -> Iterator[ServerThread]:
     """A server with an engine of its own on `checkpoint` (e.g. a Base model with saved voices)."""
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings, load_model
 
     engine = Engine(load_model(checkpoint, device="cpu"), EngineSettings(max_streams=max_streams))
     srv = ServerThread(engine, ServerSettings(port=0, voices_dir=voices_dir), name=name, rtc_settings=rtc_settings,

@@ -18,8 +18,7 @@ from agent.media.vad import SPEECH_STARTED, VadSettings
 from agent.server.app import Server
 from agent.settings import ServerSettings
 from bench.bargein import barge_in_trial
-from tts_engine.engine import Engine
-from tts_engine.scheduler import EngineSettings
+from tts_engine import Engine, EngineSettings
 
 SPEECH_48K = Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "speech_48k.wav"
 

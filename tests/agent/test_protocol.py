@@ -124,7 +124,7 @@ def test_snap_moves_a_cut_back_to_the_start_of_its_word() -> None:
 
 
 def test_spoken_estimate_is_bounded_by_the_text_the_model_had_read(tiny_checkpoint) -> None:  # type: ignore[no-untyped-def]
-    from tts_engine.text import load_fast_tokenizer
+    from tts_engine.text.incremental import load_fast_tokenizer
 
     tok = load_fast_tokenizer(tiny_checkpoint("custom_voice"))
     text = "  The quick brown fox jumps over the lazy dog. "

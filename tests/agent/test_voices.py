@@ -23,7 +23,7 @@ from agent.settings import ServerSettings
 from agent.voices.catalogue import catalogue, find
 from agent.voices.reference_audio import TARGET_RATE, ReferenceAudioError, load_reference
 from agent.voices.store import VoiceError, VoiceRegistry
-from tts_engine.voice_prompt import load_voice_prompt
+from tts_engine import load_voice_prompt
 
 from .conftest import ServerThread, serve_checkpoint, session_client
 from .voice_helpers import dir_state, encode, espeak_wav, read_float, sox, write_float_wav
@@ -340,7 +340,7 @@ def base_server(tiny_checkpoint: Callable[..., Path], base_voices: Path) -> Iter
 
 
 async def test_session_speaks_with_a_saved_voice(base_server: ServerThread, base: Any, base_voices: Path) -> None:
-    from tts_engine.engine import Engine
+    from tts_engine import Engine
 
     text = "Hello there, how are you?"
     async with session_client(base_server.ws_url) as (client, created):
@@ -411,9 +411,7 @@ async def test_instruct_on_06b_custom_voice_is_a_warning(server: ServerThread) -
 
 async def test_session_speaks_with_a_designed_voice(tiny_checkpoint: Callable[..., Path],
                                                     tiny_model: Callable[..., Any], tmp_path: Path) -> None:
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings, load_model
 
     VoiceRegistry(tmp_path).add_designed("narrator", "A calm, low voice, speaking slowly.", "english")
     engine = Engine(load_model(tiny_checkpoint("voice_design"), device="cpu"), EngineSettings(max_streams=2))

@@ -48,7 +48,7 @@ def icl_server(tiny_checkpoint: Callable[..., Path], icl_voices: Path) -> Iterat
 
 async def test_session_with_an_icl_voice(icl_server: ServerThread, tiny_model: Callable[..., Any],
                                          icl_voices: Path) -> None:
-    from tts_engine.engine import Engine
+    from tts_engine import Engine
 
     text = "Good morning, nice to meet you."
     async with session_client(icl_server.ws_url) as (client, created):

@@ -17,8 +17,7 @@ from .test_wyoming import client, pcm_of, read, read_until, wait_engine_idle
 
 async def test_designed_voices_are_listed_spoken_and_picked_up_while_serving(
         tiny_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
+    from tts_engine import Engine, load_model
 
     registry = VoiceRegistry(tmp_path)
     registry.add_designed("narrator", "A calm, low voice, speaking slowly.", "english")

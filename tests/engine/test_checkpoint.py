@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tts_engine.checkpoint import make_checkpoint, model_config
-from tts_engine.loading import (
+from tts_engine.checkpoints.loading import (
     CheckpointError,
     load_codec_decoder,
     load_model,
@@ -15,6 +14,7 @@ from tts_engine.loading import (
     load_qwen3_tts,
     load_speech_tokenizer_config,
 )
+from tts_engine.checkpoints.random_checkpoint import make_checkpoint, model_config
 from tts_engine.model.qwen3_tts import Qwen3TTS
 
 LAYOUT = ["config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",

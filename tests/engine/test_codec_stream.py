@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tts_engine.codec_stream import CodecStreamState, StreamingCodecDecoder
 from tts_engine.model.codec_decoder import CodecDecoder, init_random_, tiny_codec_decoder_config
+from tts_engine.model.codec_stream import CodecStreamState, StreamingCodecDecoder
 
 FRAMES = 160  # > 2 attention windows (72 frames)
 SPF = 1920

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tts_engine import device as device_module
-from tts_engine.device import nvidia_driver, pick_device
+from tts_engine.checkpoints import device as device_module
+from tts_engine.checkpoints.device import nvidia_driver, pick_device
 
 
 def test_auto_without_any_gpu_is_the_cpu_quietly(monkeypatch: pytest.MonkeyPatch,

@@ -18,8 +18,9 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from tts_engine.engine import Engine
-from tts_engine.frame_step import (
+from tts_engine import Engine, EngineSettings, Stream, load_model
+from tts_engine.model.layers import rope_inv_freq
+from tts_engine.streaming.frame_step import (
     INT_COLUMNS,
     WARM_CALLS_CUDA_GRAPHS,
     FrameStep,
@@ -27,11 +28,7 @@ from tts_engine.frame_step import (
     bucket_for,
     kv_windows,
 )
-from tts_engine.loading import load_model
-from tts_engine.model.layers import rope_inv_freq
-from tts_engine.prompt import TextRows
-from tts_engine.scheduler import EngineSettings
-from tts_engine.stream import Stream
+from tts_engine.synthesis.prompt import TextRows
 
 # Long enough to cross the first 128-slot KV window: a frame per text token, ~150 tokens.
 LONG = " ".join(["One stream keeps talking for a good while, so that its positions run past the first window."] * 8)

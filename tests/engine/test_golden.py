@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.reference.golden import CHECKPOINTS, GOLDEN_DIR, MANIFEST, changed_tensors, checkpoint_fingerprint
-from tts_engine.voice_prompt import VoicePrompt
+from tts_engine import VoicePrompt
 
 WAVE_TOL = 1e-4
 
@@ -140,7 +140,7 @@ STREAMING_CASES = [c for c in CASES if not c["non_streaming"] and c["ended_by"] 
 def test_streaming_engine_fed_char_by_char_matches_official(golden_model: Callable[..., Any],
                                                            case: dict[str, Any]) -> None:
     """Text pushed one character at a time through the streaming engine gives the official codes."""
-    from tts_engine.engine import Engine
+    from tts_engine import Engine
 
     model = golden_model(case["checkpoint"])
     data = np.load(GOLDEN_DIR / case["file"])

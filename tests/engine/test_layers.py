@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from tts_engine.codec_stream import pcm_to_int16
+from tts_engine.model.codec_stream import pcm_to_int16
 from tts_engine.model.layers import DecoderStack, folded_attention
 
 

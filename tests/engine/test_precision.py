@@ -1,4 +1,4 @@
-"""CPU precision modes (tts_engine/precision.py) on the tiny random checkpoint."""
+"""CPU precision modes (tts_engine/checkpoints/precision.py) on the tiny random checkpoint."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from bench.precision import teacher_forced
-from tts_engine.engine import Engine
-from tts_engine.loading import load_model
-from tts_engine.precision import (
+from tts_engine import Engine, EngineSettings, load_model
+from tts_engine.checkpoints.precision import (
     PRECISIONS,
     Int8Linear,
     apply_precision,
@@ -23,7 +22,6 @@ from tts_engine.precision import (
     quantize_per_channel,
     with_precision,
 )
-from tts_engine.scheduler import EngineSettings
 
 TEXT = "Hello there, how are you doing today? Fine, thanks."
 LONG = "A much longer sentence, which keeps going for a while longer and longer still."

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tts_engine.rng import counter_uniform, hash32
-from tts_engine.sampling import SamplingParams, choose, process_code0, suppressed_ids
+from tts_engine.sampling.processors import SamplingParams, choose, process_code0, suppressed_ids
+from tts_engine.sampling.rng import counter_uniform, hash32
 
 EOS = 2150
 V = 3072

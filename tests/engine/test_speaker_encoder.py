@@ -12,7 +12,7 @@ import torch
 
 from tests.reference.live import run_reference_script
 from tests.reference.speaker_signal import synthetic_speech
-from tts_engine.config import SpeakerEncoderConfig
+from tts_engine.model.config import SpeakerEncoderConfig
 from tts_engine.model.mel import log_mel_spectrogram, mel_filterbank
 from tts_engine.model.speaker_encoder import SpeakerEncoder, init_random_, tiny_speaker_encoder_config
 

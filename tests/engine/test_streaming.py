@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
@@ -11,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tts_engine.engine import Engine
-from tts_engine.loading import load_model
-from tts_engine.scheduler import EngineSettings
+from tts_engine import Engine, EngineSettings, load_model
 
 TEXT = "Hello there, how are you doing today? Fine, thanks."
 
@@ -135,31 +132,6 @@ def test_lead_limits_how_far_a_stream_runs_ahead(tiny_model) -> None:  # type: i
         assert stream.lead() == 3  # produced 3 frames nobody consumed, then held
         frames, end = stream.collect()
         assert end.reason == "eos" and len(frames) > 3
-
-
-def test_async_iteration_does_not_block_the_loop(engine) -> None:  # type: ignore[no-untyped-def]
-    async def main() -> tuple[int, int]:
-        stream = engine.open_stream(speaker="vivian", greedy=True)
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        task = asyncio.create_task(ticker())
-        for word in _words(TEXT):
-            stream.push_text(word)
-        stream.finish()
-        n = 0
-        async for _frame in stream:
-            n += 1
-        task.cancel()
-        return n, ticks
-
-    n, ticks = asyncio.run(main())
-    assert n > 5 and ticks > n
 
 
 def test_empty_utterance_and_bad_voice(engine) -> None:  # type: ignore[no-untyped-def]

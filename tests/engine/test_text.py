@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from tts_engine.text import IncrementalTokenizer, load_fast_tokenizer
-from tts_engine.text_vocab import write_qwen2_tokenizer
-from tts_engine.tokenizer import TextTokenizer
+from tts_engine.text.incremental import IncrementalTokenizer, load_fast_tokenizer
+from tts_engine.text.tokenizer import TextTokenizer
+from tts_engine.text.vocab import write_qwen2_tokenizer
 
 
 @pytest.fixture(scope="module")

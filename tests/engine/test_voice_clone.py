@@ -27,10 +27,9 @@ from tests.reference.golden import (
     changed_tensors,
     encoder_fingerprint,
 )
-from tts_engine.engine import Engine
-from tts_engine.prompt import icl_target_rows
-from tts_engine.tts import SAMPLES_PER_FRAME, official_reference_cut
-from tts_engine.voice_prompt import VoicePrompt
+from tts_engine import Engine, VoicePrompt
+from tts_engine.synthesis.prompt import icl_target_rows
+from tts_engine.synthesis.tts_model import SAMPLES_PER_FRAME, official_reference_cut
 
 CASES = [c for c in json.loads(MANIFEST.read_text())["cases"] if c.get("clone")]
 ICL_STREAM = [c for c in CASES if c["clone"] == "icl" and not c["non_streaming"]]
@@ -328,8 +327,8 @@ def test_stream_equals_synthesis_for_other_reference_lengths(base: Any, ref_fram
 def test_prompt_length_and_the_engine_limit(base: Any) -> None:
     """prompt_length counts what build_prefix + the ICL block make; a reference whose prompt would take
     over half of a stream's positions is refused at open_stream, before any text."""
-    from tts_engine.prompt import prompt_length
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import EngineSettings
+    from tts_engine.synthesis.prompt import prompt_length
 
     prompt = _official_prompt(_case("clone_icl_stream"))
     for voice_prompt in (prompt, VoicePrompt(prompt.xvector)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tts_engine.voice_prompt import VoicePrompt, load_voice_prompt, save_voice_prompt
+from tts_engine import VoicePrompt, load_voice_prompt, save_voice_prompt
 
 
 def _tone(seconds: float = 1.5, seed: int = 0) -> np.ndarray:

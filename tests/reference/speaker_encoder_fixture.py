@@ -39,7 +39,7 @@ def main() -> None:
     from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSSpeakerEncoder, mel_spectrogram
     from speaker_signal import synthetic_speech
 
-    from tts_engine.config import SpeakerEncoderConfig
+    from tts_engine.model.config import SpeakerEncoderConfig
     from tts_engine.model.speaker_encoder import SpeakerEncoder, init_random_, tiny_speaker_encoder_config
 
     def official(cfg: SpeakerEncoderConfig) -> Qwen3TTSSpeakerEncoder:

@@ -47,9 +47,7 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="session")
 def web_engine(tiny_checkpoint: Callable[..., Path]) -> Iterator[Any]:
-    from tts_engine.engine import Engine
-    from tts_engine.loading import load_model
-    from tts_engine.scheduler import EngineSettings
+    from tts_engine import Engine, EngineSettings, load_model
 
     eng = Engine(load_model(tiny_checkpoint("custom_voice"), device="cpu"), EngineSettings(max_streams=4))
     yield eng
@@ -84,7 +82,7 @@ def web_base_server(tiny_checkpoint: Callable[..., Path], tmp_path_factory: pyte
     """A tiny Base checkpoint with one saved (cloned) voice, "alice", made from espeak-ng speech."""
     from agent.voices.store import VoiceRegistry
     from tests.agent.voice_helpers import espeak_wav
-    from tts_engine.loading import load_model
+    from tts_engine import load_model
 
     checkpoint = tiny_checkpoint("base")
     voices = tmp_path_factory.mktemp("web-voices")

@@ -5,7 +5,7 @@ Chain (module names = the official `decoder.*` checkpoint keys):
   causal attention) -> upsample x2 (transposed conv k=s, ConvNeXt) -> decoder: causal conv k=7,
   4 DecoderBlocks (SnakeBeta, transposed conv k=2r s=r, 3 dilated residual units), SnakeBeta, conv k=7.
 Every conv is causal (zeros on the left), so sample t depends only on frames <= t // 1920.
-`CodecDecoder.forward` is one whole-sequence pass, like the official; tts_engine.codec_stream continues
+`CodecDecoder.forward` is one whole-sequence pass, like the official; codec_stream.py continues
 the same modules frame by frame.
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CodecDecoderConfig
+from .config import CodecDecoderConfig
 from .layers import MLP, RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import Qwen3TTSConfig
+from .config import Qwen3TTSConfig
 from .speaker_encoder import SpeakerEncoder
 from .talker import Talker
 

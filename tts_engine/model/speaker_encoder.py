@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import SpeakerEncoderConfig
+from .config import SpeakerEncoderConfig
 from .mel import log_mel_spectrogram
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CodePredictorConfig, TalkerConfig
+from .config import CodePredictorConfig, TalkerConfig
 from .layers import DecoderStack
 
 # choose(logits (B, V), step) -> codes (B,): how a code is picked (greedy or seeded sampling per row).

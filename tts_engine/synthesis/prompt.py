@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Qwen3TTSConfig
-from .model.talker import Talker
+from ..model.config import Qwen3TTSConfig
+from ..model.talker import Talker
 
 
 @dataclass(frozen=True, eq=False)

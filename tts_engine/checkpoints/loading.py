@@ -7,6 +7,7 @@ directly (no random init of a billion parameters).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,10 +19,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .config import Qwen3TTSConfig, SpeechTokenizerConfig
-from .model.codec_decoder import CodecDecoder
-from .model.codec_encoder import CodecEncoder
-from .model.qwen3_tts import Qwen3TTS
+from ..model.codec_decoder import CodecDecoder
+from ..model.codec_encoder import CodecEncoder
+from ..model.config import Qwen3TTSConfig, SpeechTokenizerConfig
+from ..model.qwen3_tts import Qwen3TTS
+from ..synthesis.tts_model import TTSModel
+from ..text.tokenizer import TextTokenizer
+from .device import pick_device
+from .precision import apply_precision, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +173,21 @@ def read_generation_config(path: Path) -> dict[str, Any]:
 
 
 def load_model(model: str | os.PathLike[str] = DEFAULT_MODEL, device: str | torch.device = "auto",
-               dtype: torch.dtype | None = None, precision: str = "fp32"):  # type: ignore[no-untyped-def]
+               dtype: torch.dtype | None = None, precision: str = "fp32") -> TTSModel:
     """Load a checkpoint into a ready `TTSModel` (bf16 on CUDA, fp32 on CPU unless `dtype` says).
 
-    `precision` (tts_engine.precision.PRECISIONS): fp32 keeps the strict load as it is (the exact
-    path); bf16 / int8 convert the talker and code predictor afterwards (faster, not bit-exact)."""
-    from .tts import TTSModel  # tts builds on this module
-
-    return TTSModel.load(model, device=device, dtype=dtype, precision=precision)
+    `precision` (precision.PRECISIONS): fp32 keeps the strict load as it is (the exact path); bf16 / int8
+    convert the talker and code predictor afterwards (faster, not bit-exact)."""
+    check_precision(precision)  # before reading gigabytes
+    path = resolve_checkpoint(model)
+    dev = pick_device(device)
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    cfg = load_model_config(path)
+    st_cfg = load_speech_tokenizer_config(path)
+    tokenizer = TextTokenizer.from_dir(path)
+    qwen = load_qwen3_tts(path, cfg, dtype, dev)
+    codec = load_codec_decoder(path, st_cfg, dtype, dev)
+    log.info("loaded %s (%s, %s) on %s as %s", path, cfg.tts_model_type, cfg.tts_model_size, dev, dtype)
+    loaded = TTSModel(path, cfg, st_cfg, qwen, codec, tokenizer, read_generation_config(path),
+                      codec_encoder_loader=functools.partial(load_codec_encoder, path, st_cfg, dev))
+    return apply_precision(loaded, precision)

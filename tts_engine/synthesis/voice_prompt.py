@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .files import atomic_file
+from ..files import atomic_file
 
 FORMAT = "voicegate.voice_prompt/1"
 

@@ -17,7 +17,7 @@ batch 1 the engine is memory-bound, so fewer weight bytes per frame is most of t
     `torch._weight_int8pack_mm` where the device has it, dequantize-then-matmul elsewhere.
 Choices, measured on the random 0.6B checkpoint (2-core AMD EPYC Zen4, torch 2.13 CPU):
   - embeddings in bf16, not int8: a lookup reads one row per token, there is no time to win.
-  - `codec_head` stays a bf16 nn.Linear (3M weights): its `.weight` is what prompt.py, frame_step.py and
+  - `codec_head` stays a bf16 nn.Linear (3M weights): its `.weight` is what the prompt layout, frame step and
     TTSModel read the model's device and dtype from, so nothing else needs to know about the modes.
   - the predictor's heads in int8: teacher-forced agreement with fp32 was the same with bf16 heads.
   - the codec decoder stays fp32: in bf16 it was slower on this CPU (conv-heavy) and its waveform only
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model.layers import DecoderStack, rope_inv_freq
-from .model.talker import Talker
-from .prompt import TextRows
-from .tts import TTSModel
+from ..model.layers import DecoderStack, rope_inv_freq
+from ..model.talker import Talker
+from ..synthesis.prompt import TextRows
+from ..synthesis.tts_model import TTSModel
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,6 @@ def with_precision(model: TTSModel, precision: str) -> TTSModel:
     for stack in (clone.talker.model, clone.talker.code_predictor.model):  # meta-built: recompute
         stack.inv_freq = rope_inv_freq(stack.head_dim, stack.rope_theta).to(stack.norm.weight.device)
     variant = TTSModel(model.path, model.config, model.speech_config, clone, model.codec, model.tokenizer,
-                       model.generation_defaults)
+                       model.generation_defaults, model.codec_encoder_loader)
     variant.precision = getattr(model, "precision", "fp32")
     return apply_precision(variant, precision)

@@ -5,7 +5,7 @@
     for word in "Hello there, how are you?".split(" "):
         stream.push_text(word + " ")
     stream.finish()
-    for frame in stream:          # or: async for frame in stream
+    for frame in stream:          # StreamFailed if the engine failed it; asyncio: agent's frames(stream)
         play(frame.pcm)           # (1920,) int16 at 24 kHz
 """
 
@@ -16,13 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
-from .prompt import prompt_length, validate_voice
+from ..synthesis.prompt import prompt_length, validate_voice
+from ..synthesis.tts_model import EOS_POLICIES, TTSModel
+from ..synthesis.voice_prompt import VoicePrompt
+from ..text.incremental import IncrementalTokenizer, load_fast_tokenizer
 from .scheduler import EngineSettings, Scheduler
 from .stream import Stream
-from .text import IncrementalTokenizer, load_fast_tokenizer
-from .tts import EOS_POLICIES, TTSModel
-from .voice_prompt import VoicePrompt
 
 
 class Engine:
@@ -34,6 +35,11 @@ class Engine:
         self._fast_tokenizer = load_fast_tokenizer(model.path)
         self._ids = itertools.count(1)
         self.scheduler = Scheduler(model, self.settings, progress)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The checkpoint's fast tokenizer (shared, read-only): the same ids as the streams' text."""
+        return self._fast_tokenizer
 
     def open_stream(self, speaker: str | None = None, language: str = "auto", instruct: str | None = None,
                     xvector: torch.Tensor | None = None, *, voice_prompt: VoicePrompt | None = None,

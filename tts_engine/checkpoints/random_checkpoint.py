@@ -20,21 +20,21 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import (
+from ..model.codec_decoder import CodecDecoder, tiny_codec_decoder_config
+from ..model.codec_decoder import init_random_ as init_codec_decoder_
+from ..model.codec_encoder import CodecEncoder, real_mimi_config, tiny_mimi_config
+from ..model.codec_encoder import init_random_ as init_codec_encoder_
+from ..model.config import (
     CodePredictorConfig,
     Qwen3TTSConfig,
     SpeakerEncoderConfig,
     SpeechTokenizerConfig,
     TalkerConfig,
 )
-from .model.codec_decoder import CodecDecoder, tiny_codec_decoder_config
-from .model.codec_decoder import init_random_ as init_codec_decoder_
-from .model.codec_encoder import CodecEncoder, real_mimi_config, tiny_mimi_config
-from .model.codec_encoder import init_random_ as init_codec_encoder_
-from .model.qwen3_tts import Qwen3TTS
-from .model.speaker_encoder import init_random_ as init_speaker_encoder_
-from .model.speaker_encoder import tiny_speaker_encoder_config
-from .text_vocab import write_qwen2_tokenizer
+from ..model.qwen3_tts import Qwen3TTS
+from ..model.speaker_encoder import init_random_ as init_speaker_encoder_
+from ..model.speaker_encoder import tiny_speaker_encoder_config
+from ..text.vocab import write_qwen2_tokenizer
 
 SIZES = ("tiny", "0.6b", "1.7b")
 KINDS = ("custom_voice", "base", "voice_design")

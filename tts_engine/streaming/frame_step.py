@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .codec_stream import CodecStreamState, StreamingCodecDecoder, pcm_to_int16
-from .rng import CODE0_DRAW, counter_uniform
-from .sampling import SamplingParams, choose, process_code0, suppressed_ids
-from .tts import TTSModel
+from ..model.codec_stream import CodecStreamState, StreamingCodecDecoder, pcm_to_int16
+from ..sampling.processors import SamplingParams, choose, process_code0, suppressed_ids
+from ..sampling.rng import CODE0_DRAW, counter_uniform
+from ..synthesis.tts_model import TTSModel
 
 log = logging.getLogger(__name__)
 

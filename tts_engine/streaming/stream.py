@@ -1,25 +1,29 @@
 """One utterance as seen by its producer and its consumer: text in (any fragments), 80 ms frames out.
 
-The producer side (`push_text`, `finish`, `cancel`) may be called from any thread or the event loop;
-the scheduler thread reads the committed token ids and emits frames. Frames are consumed with plain
-calls (`next_frame`, iteration) or asynchronously (`async for`), never blocking the event loop: the
-scheduler hands frames over with `loop.call_soon_threadsafe`.
+The producer side (`push_text`, `finish`, `cancel`) may be called from any thread; the scheduler
+thread reads the committed token ids and emits frames. Frames are consumed with blocking calls
+(`next_frame`, iteration) or without blocking: `set_notify(callback)` is called whenever a frame or the
+end is queued and `poll()` takes what is ready, so an event loop wakes itself (agent's `frames()`
+adapter does that with `call_soon_threadsafe`); this package has no asyncio.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .prompt import Voice
-from .sampling import SamplingParams
-from .text import IncrementalTokenizer
+if TYPE_CHECKING:  # types only: a consumer importing Frame, StreamEnd or StreamFailed pulls no torch
+    from ..sampling.processors import SamplingParams
+    from ..synthesis.prompt import Voice
+    from ..text.incremental import IncrementalTokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,14 @@ class StreamEnd:
     reason: str  # "eos" | "cap" | "cancelled" | "error" | "empty"
     frames: int
     error: str | None = None
+
+
+class StreamFailed(RuntimeError):
+    """The engine failed this stream (reason "error"); `end` says how far it got and why."""
+
+    def __init__(self, end: StreamEnd) -> None:
+        super().__init__(f"stream failed after {end.frames} frames: {end.error}")
+        self.end = end
 
 
 class Stream:
@@ -55,8 +67,7 @@ class Stream:
         self._consumed = 0
         self._emitted = 0
         self._end: StreamEnd | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._async_event: asyncio.Event | None = None
+        self._notify: Callable[[], None] | None = None
 
     # ---- producer side -------------------------------------------------------------------------
     def push_text(self, fragment: str) -> None:
@@ -92,6 +103,7 @@ class Stream:
             self._cancelled = True
             self._frames.clear()
             self._close_locked(StreamEnd("cancelled", self._emitted))
+        self._call_notify()
         self._wake()
 
     def __enter__(self) -> Stream:
@@ -123,28 +135,53 @@ class Stream:
                 return False
             self._frames.append(frame)
             self._emitted += 1
-            self._notify_locked()
+            self._ready.notify_all()
+        self._call_notify()
         return True
 
     def close(self, end: StreamEnd) -> None:
         with self._lock:
-            if self._end is None:
-                self._close_locked(end)
+            if self._end is not None:
+                return
+            self._close_locked(end)
+        self._call_notify()
 
     def _close_locked(self, end: StreamEnd) -> None:
         self._end = end
         self._frames.append(end)
-        self._notify_locked()
-
-    def _notify_locked(self) -> None:
         self._ready.notify_all()
-        if self._loop is not None and self._async_event is not None:
-            self._loop.call_soon_threadsafe(self._async_event.set)
+
+    def _call_notify(self) -> None:
+        # Outside the lock, so the callback may call back into the stream (poll, cancel).
+        notify = self._notify
+        if notify is None:
+            return
+        try:
+            notify()
+        except Exception:  # a consumer's bug must not kill the engine thread that delivers for every stream
+            log.exception("stream %d: notify callback failed", self.id)
 
     # ---- consumer side -------------------------------------------------------------------------
     @property
     def end(self) -> StreamEnd | None:
         return self._end
+
+    def set_notify(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback()` (no arguments) whenever a frame or the end is queued; None removes it.
+
+        It runs on the thread that queued the item (the engine thread, or the one that called `cancel`),
+        so it must be quick and thread-safe: wake the consumer, then let it `poll()`. Items queued
+        before the callback was set do not call it: poll once after setting it."""
+        self._notify = callback
+
+    def poll(self) -> Frame | StreamEnd | None:
+        """Without blocking: the next frame, the end (repeated on later calls), or None when nothing is
+        ready yet."""
+        with self._lock:
+            if not self._frames:
+                return None
+            frame = self._take_locked()
+            return self._end if frame is None else frame
 
     def next_frame(self, timeout: float | None = None) -> Frame | None:
         """Block until the next frame; None at the end of the stream (see `.end`)."""
@@ -163,26 +200,12 @@ class Stream:
         return item
 
     def __iter__(self) -> Iterator[Frame]:
+        """Every frame until the end; raises StreamFailed at the end if the engine failed the stream."""
         while (frame := self.next_frame()) is not None:
             yield frame
-
-    async def __aiter__(self) -> AsyncIterator[Frame]:
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            self._async_event = asyncio.Event()
-        while True:
-            with self._lock:
-                if self._frames:
-                    frame = self._take_locked()
-                    if frame is None:
-                        return
-                else:
-                    self._async_event.clear()
-                    frame = None
-            if frame is not None:
-                yield frame
-            else:
-                await self._async_event.wait()
+        assert self._end is not None
+        if self._end.reason == "error":
+            raise StreamFailed(self._end)
 
     def collect(self, timeout: float | None = 60.0) -> tuple[list[Frame], StreamEnd]:
         """All frames until the end (for scripts and tests)."""
@@ -191,6 +214,3 @@ class Stream:
             frames.append(frame)
         assert self._end is not None
         return frames, self._end
-
-    def codes(self, frames: list[Frame]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([f.codes for f in frames])) if frames else torch.zeros(0, 16).long()

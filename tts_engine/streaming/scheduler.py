@@ -9,7 +9,7 @@ Each iteration:
      exact incremental codec frame, with one device-to-host copy; frames delivered, EOS rows retired.
 A stream whose next text token has not arrived simply waits: tts_pad is never fed early.
 
-ICL cloning (prompt.py): admission prefills the prefix and the ICL block rows that hold only the
+ICL cloning (synthesis/prompt.py): admission prefills the prefix and the ICL block rows that hold only the
 reference transcript; the rest of the block holds target rows, so the stream waits there until it has
 min(N + 1, T2 - R) of them (T2 - R tokens, or the whole text and its E when it is shorter), then
 prefills the rest of the block but its last row, which is the input of the stream's first frame step
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..synthesis.prompt import IclRows, icl_block, icl_target_rows
+from ..synthesis.tts_model import TTSModel, runaway_cap
 from .frame_step import BUCKETS, TEXT_EOS, TEXT_PAD, TEXT_TOKEN, FrameStep, StepInputs
-from .prompt import IclRows, icl_block, icl_target_rows
 from .stream import Frame, Stream, StreamEnd
-from .tts import TTSModel, runaway_cap
 from .voice_cache import VoiceCache
 
 log = logging.getLogger(__name__)
@@ -317,9 +317,3 @@ class Scheduler:
     def _tokens_consumed(r: _Row, n_ids: int) -> int:
         """Target tokens among the text-track rows read up to frame `r.frames` (rows 0..offset+f-1)."""
         return min(max(r.text_offset + r.frames - r.ref_len, 0), n_ids)
-
-
-def wait_idle(scheduler: Scheduler, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while scheduler.live_streams and time.monotonic() < deadline:
-        time.sleep(0.01)

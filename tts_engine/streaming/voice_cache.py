@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .codec_stream import CodecStreamState
-from .model.layers import KVCache
-from .prompt import IclRows, Voice, build_icl_rows
-from .tts import TTSModel
+from ..model.codec_stream import CodecStreamState
+from ..model.layers import KVCache
+from ..synthesis.prompt import IclRows, Voice, build_icl_rows
+from ..synthesis.tts_model import TTSModel
 
 
 @dataclass

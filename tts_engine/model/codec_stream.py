@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model.codec_decoder import (
+from .codec_decoder import (
     CausalConv1d,
     CausalTransposedConv1d,
     CodecAttention,

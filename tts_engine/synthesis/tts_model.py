@@ -1,9 +1,12 @@
-"""TTSModel: a loaded checkpoint (talker, codec decoder, tokenizer, defaults) and whole-text synthesis."""
+"""TTSModel: a loaded checkpoint (talker, codec decoder, tokenizer, defaults) and whole-text synthesis.
+
+Built by `checkpoints.loading.load_model`, which also applies the precision mode: this module knows
+neither files nor precision."""
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,22 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .codec_stream import CodecStreamState, StreamingCodecDecoder
-from .config import Qwen3TTSConfig, SpeechTokenizerConfig
-from .device import pick_device
+from ..model.codec_decoder import CodecDecoder
+from ..model.codec_encoder import CodecEncoder
+from ..model.codec_stream import CodecStreamState, StreamingCodecDecoder
+from ..model.config import Qwen3TTSConfig, SpeechTokenizerConfig
+from ..model.qwen3_tts import Qwen3TTS
+from ..sampling.processors import SamplingParams
+from ..text.tokenizer import TextTokenizer
 from .generate import generate_frames
-from .loading import (
-    load_codec_decoder,
-    load_codec_encoder,
-    load_model_config,
-    load_qwen3_tts,
-    load_speech_tokenizer_config,
-    read_generation_config,
-    resolve_checkpoint,
-)
-from .model.codec_decoder import CodecDecoder
-from .model.codec_encoder import CodecEncoder
-from .model.qwen3_tts import Qwen3TTS
 from .prompt import (
     TextRows,
     Voice,
@@ -38,8 +33,6 @@ from .prompt import (
     non_streaming_body,
     supported_languages,
 )
-from .sampling import SamplingParams
-from .tokenizer import TextTokenizer
 from .voice_prompt import VoicePrompt
 
 log = logging.getLogger(__name__)
@@ -64,34 +57,18 @@ def runaway_cap(n_text_tokens: int, frames_per_token: float = 8.0, slack: int = 
 
 class TTSModel:
     def __init__(self, path: Path, cfg: Qwen3TTSConfig, st_cfg: SpeechTokenizerConfig, model: Qwen3TTS,
-                 codec: CodecDecoder, tokenizer: TextTokenizer, generation: dict[str, Any]) -> None:
+                 codec: CodecDecoder, tokenizer: TextTokenizer, generation: dict[str, Any],
+                 codec_encoder_loader: Callable[[], CodecEncoder] | None = None) -> None:
+        """`codec_encoder_loader` reads the codec encoder on the first ICL clone (None: no ICL cloning)."""
         self.path, self.config, self.speech_config = path, cfg, st_cfg
         self.model, self.talker, self.codec = model, model.talker, codec
         self.tokenizer, self.generation_defaults = tokenizer, generation
         self.rows = TextRows.build(self.talker, cfg)
         self.role_ids = tokenizer.role_ids()
         self.engine_active = False  # set while an Engine's thread owns the KV caches
-        self.precision = "fp32"  # talker/predictor precision mode (precision.py); fp32 = as loaded
+        self.precision = "fp32"  # talker/predictor precision mode (checkpoints.precision); fp32 = as loaded
+        self.codec_encoder_loader = codec_encoder_loader
         self._codec_encoder: CodecEncoder | None = None  # loaded on first ICL clone
-
-    @classmethod
-    def load(cls, model: str | os.PathLike[str], device: str | torch.device = "auto",
-             dtype: torch.dtype | None = None, precision: str = "fp32") -> TTSModel:
-        """`precision` bf16 | int8 converts the talker after the strict load (precision.py)."""
-        from .precision import apply_precision, check_precision  # precision builds on this module
-
-        check_precision(precision)  # before reading gigabytes
-        path = resolve_checkpoint(model)
-        dev = pick_device(device)
-        dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-        cfg = load_model_config(path)
-        st_cfg = load_speech_tokenizer_config(path)
-        tokenizer = TextTokenizer.from_dir(path)
-        qwen = load_qwen3_tts(path, cfg, dtype, dev)
-        codec = load_codec_decoder(path, st_cfg, dtype, dev)
-        log.info("loaded %s (%s, %s) on %s as %s", path, cfg.tts_model_type, cfg.tts_model_size, dev, dtype)
-        loaded = cls(path, cfg, st_cfg, qwen, codec, tokenizer, read_generation_config(path))
-        return apply_precision(loaded, precision)
 
     @property
     def device(self) -> torch.device:
@@ -173,7 +150,9 @@ class TTSModel:
     @property
     def codec_encoder(self) -> CodecEncoder:
         if self._codec_encoder is None:
-            self._codec_encoder = load_codec_encoder(self.path, self.speech_config, self.device)
+            if self.codec_encoder_loader is None:
+                raise ValueError("this model was built without its codec encoder: ICL cloning needs one")
+            self._codec_encoder = self.codec_encoder_loader()
         return self._codec_encoder
 
     @torch.no_grad()

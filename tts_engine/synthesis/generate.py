@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .model.talker import Talker
-from .rng import CODE0_DRAW, counter_uniform
-from .sampling import SamplingParams, choose, process_code0, suppressed_ids
+from ..model.talker import Talker
+from ..sampling.processors import SamplingParams, choose, process_code0, suppressed_ids
+from ..sampling.rng import CODE0_DRAW, counter_uniform
 
 
 @dataclass

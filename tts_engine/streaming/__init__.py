@@ -1,0 +1,1 @@
+"""The streaming engine: streams, the scheduler thread, the batched frame step, the voice cache."""

@@ -1,0 +1,1 @@
+"""A loaded checkpoint (TTSModel), the official prompt layouts, whole-text synthesis, voice prompts."""

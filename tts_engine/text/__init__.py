@@ -1,0 +1,1 @@
+"""Text in: the prompt templates' ids, incremental tokenization, the Qwen2 vocabulary files."""
