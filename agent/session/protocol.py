@@ -44,7 +44,7 @@ INSTRUCT_IGNORED = "instruct_ignored"  # the model does not follow style instruc
 
 # ---- close codes (RFC 6455 private range 4000-4999, plus standard ones) ---------------------------
 CLOSE_GOING_AWAY = 1001  # server shutdown
-CLOSE_POLICY = 1008  # slow consumer
+CLOSE_POLICY = 1008  # policy violation: a slow consumer, a wrong key on an API socket
 CLOSE_TRY_AGAIN = 1013  # max sessions
 CLOSE_BAD_TOKEN = 4403
 CLOSE_UNKNOWN_SESSION = 4404
