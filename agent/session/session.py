@@ -177,18 +177,9 @@ class Session:
 
     def _set_audio(self, mode: str, conn: Connection) -> None:
         self.audio = mode
-        if mode == "websocket":
-            self.listener = conn
-            self.out.replace(self._paced_sink())
-        elif mode == "none":
-            self.listener = None
-            self.out.replace(self._paced_sink())
-        elif mode == "webrtc":
-            self.listener = conn
-            if self.peer is not None:
-                self.out.replace(self._rtc_sink())
-            else:
-                self.out.replace(PacedSink(self.settings.audio_lead_ms, self._on_sent, None, self.metrics))
+        self.listener = None if mode == "none" else conn
+        # webrtc before the peer answered: the timeline goes on, unheard, until the track exists
+        self.out.replace(self._rtc_sink() if mode == "webrtc" and self.peer is not None else self._paced_sink())
 
     def _rtc_sink(self) -> RtcSink:
         return RtcSink(self.peer.outbound, self.settings.rtc_queue_ms, self._on_sent,
@@ -236,7 +227,7 @@ class Session:
         if state in ("failed", "closed") and not self.closed:
             # nobody pulls the track any more: keep the timeline going without it
             self.peer = None
-            self.out.replace(PacedSink(self.settings.audio_lead_ms, self._on_sent, None, self.metrics))
+            self.out.replace(self._paced_sink())  # audio "webrtc": paced, sent nowhere
             self._closing_peers.add(self.loop.create_task(peer.close(), name=f"peer-close-{self.id}"))
             for task in list(self._closing_peers):
                 if task.done():

@@ -13,12 +13,12 @@ ApiVoice = ResolvedVoice  # name, stream_args, warning: what the API modules rea
 PARAMS = {"instruct": "instructions"}  # VoiceError.field -> request parameter, where the two differ
 
 
-class ApiVoiceError(ValueError):
-    """Unknown voice or language, or an instruction the model refuses; `param` names the request field."""
+class ApiVoiceError(VoiceError):
+    """A VoiceError as an API reports it: `param` names the request parameter."""
 
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param, self.message = param, message
+    @property
+    def param(self) -> str:
+        return PARAMS.get(self.field, self.field)
 
 
 def resolve_voice(info: ModelInfo, name: str, language: str | None = None,
@@ -27,4 +27,4 @@ def resolve_voice(info: ModelInfo, name: str, language: str | None = None,
     try:
         return info.resolve(name, language, instruct)
     except VoiceError as exc:
-        raise ApiVoiceError(PARAMS.get(exc.field, exc.field), exc.message) from None
+        raise ApiVoiceError(exc.message, exc.code, exc.field) from None
