@@ -213,11 +213,16 @@ def event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, **fields}
 
 
-def error_event(code: str, message: str, msg_id: str | None = None) -> dict[str, Any]:
-    out = event("error", code=code, message=message)
+def reply(kind: str, msg_id: str | None, **fields: Any) -> dict[str, Any]:
+    """An event answering one client message: it echoes the message's `id` when it had one."""
+    out = event(kind, **fields)
     if msg_id is not None:
         out["id"] = msg_id
     return out
+
+
+def error_event(code: str, message: str, msg_id: str | None = None) -> dict[str, Any]:
+    return reply("error", msg_id, code=code, message=message)
 
 
 def encode(evt: dict[str, Any]) -> str:

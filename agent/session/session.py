@@ -111,10 +111,7 @@ class Session:
             elif isinstance(msg, protocol.VoicesList):
                 # voices added or removed while serving show up here (reading the files is off the loop)
                 self.info.adopt(await asyncio.to_thread(self.info.reload))
-                reply = protocol.event("voices", **self.info.describe())
-                if msg.id is not None:
-                    reply["id"] = msg.id
-                conn.send_event(reply)
+                conn.send_event(protocol.reply("voices", msg.id, **self.info.describe()))
         except ProtocolError as exc:
             conn.send_error(exc.code, exc.message, exc.msg_id)
         except Exception as exc:  # a bug must not end the session: report it
@@ -142,10 +139,7 @@ class Session:
         if msg.vad is not None and self.peer is not None and hasattr(self.peer, "set_vad"):
             self.peer.set_vad(self._vad_settings())
         if caveat is not None:  # the only one: an instruction the model ignores
-            warning = protocol.event("warning", code=protocol.INSTRUCT_IGNORED, message=caveat)
-            if msg.id is not None:
-                warning["id"] = msg.id
-            conn.send_event(warning)
+            conn.send_event(protocol.reply("warning", msg.id, code=protocol.INSTRUCT_IGNORED, message=caveat))
         self.broadcast(protocol.event("session.updated", config=self.config()))
 
     def _check_vad(self, vad: dict[str, Any], msg_id: str | None) -> None:
@@ -215,10 +209,7 @@ class Session:
         self.audio = "webrtc"
         self.listener = conn
         self.out.replace(self._rtc_sink())
-        reply = protocol.event("webrtc.answer", sdp=answer)
-        if msg.id is not None:
-            reply["id"] = msg.id
-        conn.send_event(reply)
+        conn.send_event(protocol.reply("webrtc.answer", msg.id, sdp=answer))
 
     def _on_peer_state(self, peer: Any, state: str) -> None:
         if peer is not self.peer:
