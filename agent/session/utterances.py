@@ -31,7 +31,7 @@ from agent.metrics import Metrics
 from agent.session import protocol
 from agent.session.protocol import ProtocolError
 from agent.session.spoken import estimate_spoken
-from agent.session.voice import SessionVoice, VoiceConfig
+from agent.session.voice import SessionVoice
 from agent.settings import ENGINE_FRAME_MS, SessionSettings
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ class Utterance:
     chars: int = 0
     flushed: bool = False
     stream: Stream | None = None
-    voice: VoiceConfig | None = None
     head_t: float | None = None  # became the utterance playing
     opened_t: float | None = None  # engine stream opened
     first_frame_t: float | None = None  # first engine frame taken from the stream
@@ -221,8 +220,7 @@ class UtteranceQueue:
     def _open_stream(self, utt: Utterance) -> bool:
         """Start synthesis of `utt` with the session's current voice; False (reported) if it cannot."""
         try:
-            utt.voice, args = self.voice.open_args()
-            stream = self.engine.open_stream(**args)
+            stream = self.engine.open_stream(**self.voice.stream_args())
         except ValueError as exc:
             self._report_error(protocol.INVALID_VOICE, f"utterance {utt.id}: {exc}")
             self.interrupt(utt, "error")

@@ -50,11 +50,11 @@ class SessionVoice:
         return replace(c, voice=resolved.name, language=resolved.language, instruct=resolved.instruct), \
             resolved.warning
 
-    def open_args(self) -> tuple[VoiceConfig, dict[str, Any]]:
-        """The current config and its `Engine.open_stream` keywords (VoiceError: its voice is gone)."""
+    def stream_args(self) -> dict[str, Any]:
+        """`Engine.open_stream` keywords for the current config (VoiceError: its voice is gone)."""
         c = self.config
         resolved = self.info.resolve(c.voice, c.language, c.instruct)
-        return c, {**resolved.stream_args, "greedy": c.greedy, "seed": c.seed}
+        return {**resolved.stream_args, "greedy": c.greedy, "seed": c.seed}
 
     def _check_engine(self, resolved: ResolvedVoice) -> None:
         """What only the checkpoint knows (a preset it lacks, a cloned voice made for another width)."""
