@@ -403,7 +403,7 @@ async def test_close_cancels_everything() -> None:
     await client.close()
 
 
-async def test_on_speech_gets_the_onset_estimate_when_it_takes_one() -> None:
+async def test_on_speech_gets_the_onset_estimate() -> None:
     got: list[tuple[str, float, float | None]] = []
 
     def on_speech(event: str, t: float, onset_t: float | None = None) -> None:
