@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SAMPLE_RATE = 24000  # engine PCM: s16le mono
-FRAME_MS = 80  # one engine frame
-FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 1920
-FRAME_BYTES = FRAME_SAMPLES * 2  # 3840 bytes of s16le per binary WebSocket frame
+ENGINE_FRAME_MS = 80  # one engine frame (12.5 Hz codec)
+ENGINE_FRAME_SAMPLES = SAMPLE_RATE * ENGINE_FRAME_MS // 1000  # 1920
+ENGINE_FRAME_BYTES = ENGINE_FRAME_SAMPLES * 2  # 3840 bytes of s16le per binary WebSocket frame
+RTP_FRAME_MS = 20  # one WebRTC audio frame: what the outbound track sends (80 ms frames break Chrome)
 
 
 @dataclass

@@ -33,7 +33,8 @@ from websockets.exceptions import ConnectionClosed
 from agent.json_input import JsonInputError, loads_object
 from agent.media.audio import Resampler
 from agent.media.frames import frames
-from agent.settings import FRAME_MS, SAMPLE_RATE
+from agent.session.protocol import CLOSE_POLICY
+from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
 from agent.text_input import clean_text
 from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
@@ -47,7 +48,6 @@ PATH_RE = re.compile(r"^/v1/text-to-speech/([^/]+)/(stream-input|multi-stream-in
 PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 DEFAULT_FORMAT = "pcm_24000"  # ElevenLabs' default is mp3_44100_128, which we do not make: see docs
 DEFAULT_CONTEXT = "default"  # multi-stream-input text without a context_id
-CLOSE_POLICY = 1008
 
 
 def is_elevenlabs_path(path: str) -> bool:
@@ -260,7 +260,7 @@ class ElevenLabsSocket:
                 stream = ctx.streams[0]
                 async for frame in frames(stream):
                     await self._audio(ctx, resampler.push(frame.pcm))
-                    self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
+                    self.server.metrics.audio_seconds_total.inc(ENGINE_FRAME_MS / 1000.0)
                 end = stream.end
                 if end is not None and end.reason == "cancelled":
                     resampler.reset()  # nothing of a stopped utterance after its stop

@@ -22,7 +22,7 @@ from agent.json_input import JsonInputError, loads_object
 from agent.media.encoder import FORMATS, AudioEncoder
 from agent.media.frames import frames as stream_frames
 from agent.server.http_front import HttpError, HttpExchange, HttpRequest, HttpRoutes
-from agent.settings import FRAME_MS
+from agent.settings import ENGINE_FRAME_MS
 from agent.text_input import clean_text
 from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
@@ -188,7 +188,7 @@ class OpenAIRoutes(HttpRoutes):
                     async for frame in stream_frames(stream):
                         frames += 1
                         await self._send(exchange, encoder.push(frame.pcm), sse)
-                        self.server.metrics.audio_seconds_total.inc(FRAME_MS / 1000.0)
+                        self.server.metrics.audio_seconds_total.inc(ENGINE_FRAME_MS / 1000.0)
                     end = stream.end
                 if end is not None and end.reason == "error":
                     log.warning("speech stream failed: %s", end.error)

@@ -10,11 +10,15 @@ import sys
 import time
 import wave
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.cli.engine_options import add_engine_arguments
 from agent.cli.voices import add_parser as add_voices_parser
 from agent.cli.voices import add_voices_dir
 from agent.voices.store import default_voices_dir
+
+if TYPE_CHECKING:
+    from agent.voices.catalogue import ResolvedVoice
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 PRECISIONS = ("fp32", "bf16", "int8")  # tts_engine.precision.PRECISIONS (not imported: no torch at parse time)
@@ -75,14 +79,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(args.seed)
     model = load_model(args.model, device=args.device, precision=args.precision)
-    voice = _synth_voice(model, args, ref)
-    if voice.get("instruct") and model.config.tts_model_type == "custom_voice":
-        from agent.voices.catalogue import honours_instruct
-
-        if not honours_instruct("custom_voice", model.config.tts_model_size):
-            print("warning: the 0.6B CustomVoice model ignores --instruct (as the official package does); use "
-                  "the 1.7B CustomVoice or a VoiceDesign model for style control", file=sys.stderr)
-            voice["instruct"] = None
+    resolved = _synth_voice(model, args, ref)
+    if resolved.warning:
+        print(f"warning: --instruct: {resolved.warning}", file=sys.stderr)
+    voice = resolved.stream_args
     from agent.cli.engine_options import resolve_compile
 
     # The compiled frame step is the streaming engine's: a compiled synth runs through it (same codes).
@@ -99,7 +99,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         audio, codes, ended_by = result.audio, result.codes.numpy(), result.ended_by
     else:
         audio, codes, ended_by, first_audio_s = _synth_streaming(model, args, voice)
-    speaker = voice.get("speaker") or args.voice
+    speaker = resolved.name
     elapsed = time.perf_counter() - started
     _write_wav(Path(args.out), audio)
     if args.codes_out:
@@ -112,35 +112,33 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth_voice(model, args: argparse.Namespace, ref) -> dict:  # type: ignore[no-untyped-def]
-    """synthesize/open_stream keywords for --speaker | --voice | --ref-audio | --xvector (and the defaults)."""
+def _synth_voice(model, args: argparse.Namespace, ref) -> ResolvedVoice:  # type: ignore[no-untyped-def]
+    """--speaker | --voice (catalogue names) or --ref-audio | --xvector (a voice cloned for this run), by the
+    catalogue's rules (language, instruct, the default voice)."""
     import numpy as np
     import torch
+    from tts_engine.voice_prompt import VoicePrompt
 
-    language = args.language or "auto"
-    if args.voice:
-        from agent.voices.catalogue import catalogue, find
-        from agent.voices.store import VoiceRegistry
+    from agent.voices.catalogue import ModelInfo, VoiceEntry
+    from agent.voices.errors import UNKNOWN_VOICE, VoiceError
 
-        entries = catalogue(model, VoiceRegistry(args.voices_dir))
-        entry = find(entries, args.voice)
-        if entry is None:
-            known = ", ".join(e.name for e in entries) or "none"
-            raise ValueError(f"unknown voice {args.voice!r} for this {model.config.tts_model_type} model; "
-                             f"its voices: {known} (`voicegate voices list` shows the saved ones)")
-        return entry.stream_args(args.language or entry.language, args.instruct)
-    voice: dict = {"language": language, "instruct": args.instruct}
+    info = ModelInfo.from_model(model, args.model, args.voices_dir or default_voices_dir())
+    voice: str | VoiceEntry | None = args.voice or args.speaker
     if ref is not None:
         started = time.perf_counter()
-        voice["voice_prompt"] = model.make_voice_prompt(ref.samples, ref_text=args.ref_text or None)
+        prompt = model.make_voice_prompt(ref.samples, ref_text=args.ref_text or None)
         print(f"voice prompt from {args.ref_audio} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+        voice = VoiceEntry(name=Path(args.ref_audio).stem, kind="cloned", prompt=prompt)
     elif args.xvector:
-        voice["xvector"] = torch.from_numpy(np.load(args.xvector)).float()
-    elif args.speaker:
-        voice["speaker"] = args.speaker
-    elif model.config.tts_model_type == "custom_voice":
-        voice["speaker"] = model.speakers[0]
-    return voice
+        prompt = VoicePrompt(torch.from_numpy(np.load(args.xvector)).float())
+        voice = VoiceEntry(name=Path(args.xvector).stem, kind="cloned", prompt=prompt)
+    try:
+        return info.resolve(voice, args.language, args.instruct)
+    except VoiceError as exc:
+        if exc.code == UNKNOWN_VOICE and args.speaker:
+            raise ValueError(f"unknown speaker {args.speaker!r}; this model's speakers: "
+                             f"{', '.join(model.speakers) or 'none (a CustomVoice checkpoint has them)'}") from None
+        raise
 
 
 def _synth_streaming(model, args: argparse.Namespace, voice: dict):  # type: ignore[no-untyped-def]

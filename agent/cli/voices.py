@@ -8,8 +8,9 @@ import sys
 import time
 from typing import Any
 
+from agent.voices.errors import VoiceError
 from agent.voices.reference_audio import MAX_SECONDS, MIN_SECONDS, WARN_SECONDS, load_reference
-from agent.voices.store import MODES, AddTimings, VoiceError, VoiceRegistry, default_voices_dir
+from agent.voices.store import MODES, AddTimings, VoiceRegistry, default_voices_dir
 
 
 def _say(message: str) -> None:

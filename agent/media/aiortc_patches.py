@@ -80,7 +80,7 @@ class LowLatencyAudioBuffer(JitterBuffer):
         if not 1 <= reorder_packets < capacity or not 0 <= max_backlog < capacity:
             raise ValueError("need 1 <= reorder_packets < capacity and 0 <= max_backlog < capacity")
         self.reorder_packets, self.max_backlog = reorder_packets, max_backlog
-        self.released = self.lost = self.dropped = self.late = 0
+        self.lost = self.dropped = 0  # packets given up on (holes) and thrown away (backlog, restarts)
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         seq = packet.sequence_number
@@ -88,7 +88,6 @@ class LowLatencyAudioBuffer(JitterBuffer):
             self._origin = seq
         delta = (seq - self._origin) & 0xFFFF
         if delta >= 0x8000 and 0x10000 - delta <= 100:  # behind the window: late, duplicate or skipped
-            self.late += 1
             return False, None
         if delta >= self._capacity:  # past the window (a burst loss or a sender restart): start over here
             self._restart(seq)
@@ -123,7 +122,6 @@ class LowLatencyAudioBuffer(JitterBuffer):
         packet = self._at(0)
         assert packet is not None
         self.remove(1)
-        self.released += 1
         return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 

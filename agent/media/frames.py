@@ -38,3 +38,6 @@ async def frames(stream: Stream) -> AsyncIterator[Frame]:
                 yield item
     finally:
         stream.set_notify(None)
+
+
+__all__ = ["StreamFailed", "frames"]

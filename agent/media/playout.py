@@ -13,6 +13,9 @@ listener had a gap) instead of bursting to catch up.
 
 RtcSink hands frames to agent.media.rtc.OutboundAudio, which paces itself (20 ms at 48 kHz on an absolute clock);
 the sink only keeps `queue_ms` of engine audio queued there, so a flush drops little.
+
+AudioOut is a session's destination: one sink at a time, replaced when the audio mode or the WebRTC peer
+changes (the old one is closed, so a frame waiting in it returns False and goes to the new one).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from agent.metrics import Metrics
-from agent.settings import FRAME_MS
+from agent.settings import ENGINE_FRAME_MS, RTP_FRAME_MS
 
 OnSent = Callable[[str, float, float], None]  # (utterance id, ms, loop time)
 
@@ -63,8 +66,8 @@ class PacedSink:
             self.metrics.frame_jitter.observe(max(0.0, now - due))
         if self.send is not None:
             self.send(pcm.tobytes())
-        self._play_end = max(self._play_end, now) + FRAME_MS / 1000.0
-        self.on_sent(utterance, float(FRAME_MS), now)
+        self._play_end = max(self._play_end, now) + ENGINE_FRAME_MS / 1000.0
+        self.on_sent(utterance, float(ENGINE_FRAME_MS), now)
         return True
 
     def buffered_ms(self) -> float:
@@ -79,9 +82,6 @@ class PacedSink:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         return dropped
-
-    def pending_ms(self, utterance: str) -> float:
-        return 0.0  # nothing is queued in the server: a frame is sent or not
 
     async def drain(self, utterance: str) -> None:
         return None
@@ -128,8 +128,8 @@ class RtcSink:
         fut = self._drained.get(utterance)
         if fut is None or fut.done():
             return
-        # the track zero-pads the last 20 ms frame of an utterance, so "all sent" is within one frame
-        if self._sent.get(utterance, 0.0) >= self._enqueued.get(utterance, 0.0) - 20.0 + 1e-6 \
+        # the track zero-pads the last RTP frame of an utterance, so "all sent" is within one frame
+        if self._sent.get(utterance, 0.0) >= self._enqueued.get(utterance, 0.0) - RTP_FRAME_MS + 1e-6 \
                 or self.outbound.queued_ms() <= 0.0:
             fut.set_result(None)
 
@@ -141,11 +141,8 @@ class RtcSink:
         if epoch != self._epoch or self.closed:
             return False
         self.outbound.enqueue(pcm, utterance)
-        self._enqueued[utterance] = self._enqueued.get(utterance, 0.0) + FRAME_MS
+        self._enqueued[utterance] = self._enqueued.get(utterance, 0.0) + ENGINE_FRAME_MS
         return True
-
-    def pending_ms(self, utterance: str) -> float:
-        return max(0.0, self._enqueued.get(utterance, 0.0) - self._sent.get(utterance, 0.0))
 
     def buffered_ms(self) -> float:
         return 0.0
@@ -181,3 +178,25 @@ class RtcSink:
         self.flush()
         if self.outbound.on_sent == self._on_track_sent:
             self.outbound.on_sent = None
+
+
+class AudioOut:
+    """Where a session's audio goes now: `sink`, replaced as a whole (`replace`), cut on an interruption."""
+
+    def __init__(self, sink: PacedSink | RtcSink) -> None:
+        self.sink = sink
+
+    def replace(self, sink: PacedSink | RtcSink) -> None:
+        old, self.sink = self.sink, sink
+        if old is not sink:
+            old.close()
+
+    def cut(self, played_ms: float) -> float:
+        """Drop the audio queued for the listener now; returns how much of `played_ms` (sent) was heard."""
+        sink = self.sink
+        unheard = sink.buffered_ms() + (sink.listener_delay_ms if played_ms else 0.0)
+        sink.flush()
+        return max(0.0, played_ms - unheard)
+
+    def close(self) -> None:
+        self.sink.close()

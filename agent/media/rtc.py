@@ -1,6 +1,6 @@
 """WebRTC media for one listener: the outbound speech track, the inbound mic -> VAD path, ICE on loopback.
 
-Measured facts behind every choice here: /work/shared/notes/webrtc-media.md (aiortc 1.16 / Chromium 156).
+Every choice here was measured with aiortc 1.16 and Chromium 156 (tests/web, bench/bargein.py).
 
 Outbound (`OutboundAudio`): engine frames (80 ms, 24 kHz) go through ONE persistent resampler to 48 kHz into a
 tagged FIFO and leave `recv()` as 20 ms / 960-sample s16 mono frames with pts = running sample count, paced on
@@ -8,11 +8,11 @@ an absolute monotonic clock that starts at the first `recv()` (late frames catch
 drifts), and silence whenever nothing is queued (80 ms frames and pauses both break Chrome's playback).
 
 Inbound (`RtcPeer`): the remote mic track is read by one task: frames -> mono s16 at the VAD rate ->
-`VoiceActivityDetector` -> `on_speech(event, t)` on the loop.
+`VoiceActivityDetector` -> `on_speech(event, t, onset_t)` on the loop.
 
 Receive latency. aiortc's audio jitter buffer holds ~80 ms (prefetch 4) and stays ~280 ms behind after a
 single lost packet. With `RtcSettings.receive_buffer = "low_latency"` (the default) this peer's audio receiver
-gets `LowLatencyAudioBuffer` instead (agent/aiortc_patches.py): each Opus packet is released as soon as it is
+gets `LowLatencyAudioBuffer` instead (agent/media/aiortc_patches.py): each Opus packet is released as soon as it is
 next in sequence; a hole is given up on once `reorder_packets` later packets have arrived; ready packets beyond
 `max_backlog` are dropped. Extra latency: 0 in order, at most `max_backlog` packets (20 ms) after loss or
 reordering. Measured (bench/bargein.py): mic frame -> VAD ~5-10 ms instead of ~85-90 ms.
@@ -20,24 +20,23 @@ reordering. Measured (bench/bargein.py): mic frame -> VAD ~5-10 ms instead of ~8
 ICE. `iceServers` comes from `RtcSettings.ice_servers` (default [] = no STUN; aiortc's own default would be
 Google's STUN server). aioice never offers 127.0.0.1; `RtcSettings.include_loopback` (default True) adds it
 and `host_addresses` replaces the interface list (tests use ["127.0.0.1"] for loopback-only), for this peer's
-gathering only (agent/aiortc_patches.py `use_host_addresses`).
+gathering only (agent/media/aiortc_patches.py `use_host_addresses`).
 
-Interface additions (nothing in the shared brief changed):
-- `on_speech(event, t)` as agreed; a callback that also takes an `onset_t` keyword gets it with
-  "speech_started" (the VAD's estimate of when the speech run began, same clock).
+Interface:
+- `on_speech(event, t, onset_t)`: `onset_t` is the VAD's estimate of when the speech run began (same clock)
+  with "speech_started", None with "speech_stopped".
 - `RtcPeer.set_vad(settings)`, `RtcPeer.on_state` (connection state changes), `RtcPeer.vad` (the detector),
-  `RtcPeer.mic_stats` (frames, VAD time, recent (pts, arrival) and (event, t, t_handled)),
-  `RtcPeer.receive_buffer` (the one in use).
+  `RtcPeer.mic_stats` (frames, recent (pts, arrival) and (event, t, t_handled)), `RtcPeer.receive_buffer`
+  (the one in use).
 - `OutboundAudio(input_rate=24000, fade_ms, resync_after_ms)`: any input rate (the test/bench mic is an
   OutboundAudio at 48000); `OutboundAudio.stats` (frames, underruns, recv() lateness, last audio / flush).
-- agent/rtc_client.py: `RtcClient`, the aiortc listener used by tests and benches.
+- bench/rtc_client.py: `RtcClient`, the aiortc listener used by tests and benches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -57,11 +56,11 @@ from aiortc.mediastreams import MediaStreamError
 from agent.media.aiortc_patches import LowLatencyAudioBuffer, install_receive_buffer, use_host_addresses
 from agent.media.audio import WEBRTC_RATE, MicConverter, Resampler, audio_frame, fade_out
 from agent.media.vad import SPEECH_STARTED, VadSettings, VoiceActivityDetector
+from agent.settings import RTP_FRAME_MS
 
 logger = logging.getLogger(__name__)
 
-FRAME_MS = 20
-FRAME_SAMPLES = WEBRTC_RATE * FRAME_MS // 1000  # 960
+RTP_FRAME_SAMPLES = WEBRTC_RATE * RTP_FRAME_MS // 1000  # 960
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,8 @@ def apply_receive_buffer(pc: RTCPeerConnection, settings: RtcSettings) -> str:
     return "aiortc"
 
 
-__all__ = ["FRAME_MS", "FRAME_SAMPLES", "LowLatencyAudioBuffer", "MicStats", "OutboundAudio", "OutboundStats",
-           "RtcPeer", "RtcSettings", "apply_receive_buffer", "use_host_addresses"]
+__all__ = ["RTP_FRAME_MS", "RTP_FRAME_SAMPLES", "LowLatencyAudioBuffer", "MicStats", "OnSpeech", "OutboundAudio",
+           "OutboundStats", "RtcPeer", "RtcSettings", "apply_receive_buffer", "use_host_addresses"]
 
 
 # ------------------------------------------------------------------------------------------ outbound track
@@ -111,13 +110,9 @@ class OutboundStats:
     last_audio_pts: int | None = None  # the latest frame that carried queued audio: its pts ...
     last_audio_t: float = float("nan")  # ... and when it left recv()
     flushes: int = 0
-    last_flush_t: float = float("nan")  # when flush() was last called ...
-    last_flush_ms: float = 0.0  # ... and the ms it had queued (dropped + faded)
+    last_flush_ms: float = 0.0  # the ms the last flush() found queued (dropped + faded)
+    # recv() return time minus its scheduled time (ms), the last 3000 frames (bench/bargein.py reports them)
     lateness_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=3000))
-
-    def lateness_percentile(self, q: float) -> float:
-        """recv() return time minus its scheduled time (ms), over the last 3000 frames."""
-        return float(np.percentile(np.asarray(self.lateness_ms), q)) if self.lateness_ms else 0.0
 
 
 class OutboundAudio(MediaStreamTrack):
@@ -132,7 +127,6 @@ class OutboundAudio(MediaStreamTrack):
     def __init__(self, input_rate: int = 24000, fade_ms: float = 10.0, resync_after_ms: float = 500.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.input_rate = input_rate
         self.fade_ms = fade_ms
         self.resync_after_ms = resync_after_ms
         self.on_sent: Callable[[str, float], None] | None = None
@@ -165,7 +159,7 @@ class OutboundAudio(MediaStreamTrack):
         fade_ms = self.fade_ms if fade_ms is None else fade_ms
         before = self._queued
         self.stats.flushes += 1
-        self.stats.last_flush_t, self.stats.last_flush_ms = self._clock(), before * 1000.0 / WEBRTC_RATE
+        self.stats.last_flush_ms = before * 1000.0 / WEBRTC_RATE
         self._resampler.reset()
         self._resampler_utterance = None
         fade_n = min(self._queued, max(0, round(fade_ms * WEBRTC_RATE / 1000)))
@@ -190,7 +184,7 @@ class OutboundAudio(MediaStreamTrack):
         now = self._clock()
         if self._t0 is None:
             self._t0 = now
-        target = self._t0 + self._n * FRAME_MS / 1000.0
+        target = self._t0 + self._n * RTP_FRAME_MS / 1000.0
         if target > now:
             await asyncio.sleep(target - now)
             if self.readyState != "live":
@@ -201,7 +195,7 @@ class OutboundAudio(MediaStreamTrack):
             self.stats.resyncs += 1
         self.stats.lateness_ms.append(max(0.0, (self._clock() - target) * 1000.0))
         pcm, parts = self._next_frame()
-        frame = audio_frame(pcm, WEBRTC_RATE, self._n * FRAME_SAMPLES)
+        frame = audio_frame(pcm, WEBRTC_RATE, self._n * RTP_FRAME_SAMPLES)
         self._n += 1
         self.stats.frames += 1
         if parts:
@@ -238,18 +232,18 @@ class OutboundAudio(MediaStreamTrack):
 
     def _next_frame(self) -> tuple[np.ndarray, list[tuple[str, int]]]:
         """960 samples and, per utterance in them, how many samples were its audio."""
-        if self._queued < FRAME_SAMPLES and self._resampler_utterance is not None:
+        if self._queued < RTP_FRAME_SAMPLES and self._resampler_utterance is not None:
             # The queue runs dry (the end of an utterance, or the engine fell behind): push out what the
             # resampler still holds (32 samples) so that the utterance ends complete.
             self._push(self._resampler_utterance, self._resampler.drain())
             self._resampler_utterance = None
-        pieces = self._take(FRAME_SAMPLES)
+        pieces = self._take(RTP_FRAME_SAMPLES)
         if not pieces:
-            return np.zeros(FRAME_SAMPLES, np.int16), []
+            return np.zeros(RTP_FRAME_SAMPLES, np.int16), []
         pcm = pieces[0][1] if len(pieces) == 1 else np.concatenate([p for _, p in pieces])
-        if len(pcm) < FRAME_SAMPLES:
+        if len(pcm) < RTP_FRAME_SAMPLES:
             self.stats.underruns += 1
-            pcm = np.concatenate([pcm, np.zeros(FRAME_SAMPLES - len(pcm), np.int16)])
+            pcm = np.concatenate([pcm, np.zeros(RTP_FRAME_SAMPLES - len(pcm), np.int16)])
         parts: dict[str, int] = {}
         for utterance, piece in pieces:
             parts[utterance] = parts.get(utterance, 0) + len(piece)
@@ -258,18 +252,12 @@ class OutboundAudio(MediaStreamTrack):
 
 # --------------------------------------------------------------------------------------------------- peer
 
-def _accepts_onset(callback: Callable[..., None]) -> bool:
-    """Whether on_speech takes an `onset_t` keyword (the VAD's estimate of when the speech run began)."""
-    try:
-        return "onset_t" in inspect.signature(callback).parameters
-    except (TypeError, ValueError):
-        return False
+OnSpeech = Callable[[str, float, float | None], None]  # (event, t, onset_t): see the module docstring
 
 
 @dataclass
 class MicStats:
     frames: int = 0  # mic frames read
-    vad_s: float = 0.0  # time spent converting + classifying them (on the loop)
     # recent mic frames (pts, arrival time) and VAD events (event, t_event, t after on_speech returned)
     arrivals: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
     events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
@@ -279,11 +267,10 @@ class RtcPeer:
     """One listener's RTCPeerConnection: our OutboundAudio out, their mic in (-> VAD -> on_speech)."""
 
     def __init__(self, settings: RtcSettings, vad: VadSettings,
-                 on_speech: Callable[[str, float], None]) -> None:
+                 on_speech: OnSpeech) -> None:
         self.settings = settings
         self.vad = VoiceActivityDetector(vad)
         self.on_speech = on_speech
-        self._pass_onset = _accepts_onset(on_speech)
         self.on_state: Callable[[str], None] | None = None  # connection state changes, on the loop
         self.outbound = OutboundAudio(fade_ms=settings.fade_ms, resync_after_ms=settings.resync_after_ms)
         self.mic_stats = MicStats()
@@ -378,14 +365,10 @@ class RtcPeer:
                 continue
             stats = self.mic_stats
             stats.frames += 1
-            stats.vad_s += time.monotonic() - t
             stats.arrivals.append((frame.pts, t))
             for event, t_event in events:
                 try:
-                    if self._pass_onset and event == SPEECH_STARTED:
-                        self.on_speech(event, t_event, onset_t=self.vad.onset_t)
-                    else:
-                        self.on_speech(event, t_event)
+                    self.on_speech(event, t_event, self.vad.onset_t if event == SPEECH_STARTED else None)
                 except Exception:
                     logger.exception("on_speech callback failed")
                 stats.events.append((event, t_event, time.monotonic()))

@@ -86,8 +86,6 @@ class VoiceActivityDetector:
         self._min_ms = None if rms_floor is None else (10.0 ** (rms_floor / 20.0) * 32768.0) ** 2
         self.speaking = False
         self.onset_t: float | None = None  # estimated start of the current (or last) speech run
-        self.frames = 0  # frames classified so far
-        self.speech_frames = 0  # of which speech
         self._run = 0  # consecutive frames agreeing with the pending state change
         self._run_start_t = 0.0
 
@@ -141,8 +139,6 @@ class VoiceActivityDetector:
         return events
 
     def _step(self, speech: bool, t: float, frame_s: float) -> tuple[str, float] | None:
-        self.frames += 1
-        self.speech_frames += speech
         if speech != self.speaking:  # this frame argues for a state change
             if self._run == 0:
                 self._run_start_t = t - frame_s

@@ -44,7 +44,7 @@ INSTRUCT_IGNORED = "instruct_ignored"  # the model does not follow style instruc
 
 # ---- close codes (RFC 6455 private range 4000-4999, plus standard ones) ---------------------------
 CLOSE_GOING_AWAY = 1001  # server shutdown
-CLOSE_POLICY = 1008  # slow consumer
+CLOSE_POLICY = 1008  # policy violation: a slow consumer, a wrong key on an API socket
 CLOSE_TRY_AGAIN = 1013  # max sessions
 CLOSE_BAD_TOKEN = 4403
 CLOSE_UNKNOWN_SESSION = 4404
@@ -213,11 +213,16 @@ def event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, **fields}
 
 
-def error_event(code: str, message: str, msg_id: str | None = None) -> dict[str, Any]:
-    out = event("error", code=code, message=message)
+def reply(kind: str, msg_id: str | None, **fields: Any) -> dict[str, Any]:
+    """An event answering one client message: it echoes the message's `id` when it had one."""
+    out = event(kind, **fields)
     if msg_id is not None:
         out["id"] = msg_id
     return out
+
+
+def error_event(code: str, message: str, msg_id: str | None = None) -> dict[str, Any]:
+    return reply("error", msg_id, code=code, message=message)
 
 
 def encode(evt: dict[str, Any]) -> str:

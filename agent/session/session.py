@@ -1,4 +1,4 @@
-"""One conversation: its connections, its settings, its audio destination, and barge-in.
+"""One conversation: its connections, its settings, its voice, its audio destination, and barge-in.
 
 A session has one owner connection and any number of producers (up to max_connections) that joined with
 its token. Every session event goes to all of them; errors and direct replies only to the sender. The
@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from agent.media.playout import PacedSink, RtcSink
+from agent.media.playout import AudioOut, PacedSink, RtcSink
 from agent.metrics import Metrics
 from agent.session import protocol
 from agent.session.connection import Connection
 from agent.session.protocol import ProtocolError
-from agent.session.utterances import Utterance, UtteranceQueue, VoiceConfig
-from agent.settings import FRAME_MS, SAMPLE_RATE, SessionSettings
+from agent.session.utterances import Utterance, UtteranceQueue
+from agent.session.voice import SessionVoice
+from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE, SessionSettings
 from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
@@ -46,22 +47,19 @@ class Session:
         self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
         self.loop = asyncio.get_running_loop()
         self.connections: dict[int, Connection] = {}
-        default = info.default_voice
-        self.voice = VoiceConfig(voice=default.name if default else None,
-                                 language=default.language if default else "auto")
+        self.voice = SessionVoice(engine, info)
         self.audio = "websocket"
         self.vad: dict[str, Any] = {}
         self.barge_in = settings.barge_in
         self.echo_guard_ms = settings.echo_guard_ms
         self.listener: Connection | None = None
         self.peer: Any = None  # agent.media.rtc.RtcPeer once a webrtc.offer was answered
-        self.user_speaking = False
         self._guarded_speech = False  # the current speech run started inside the echo guard
         self.closed = False
         self._closing_peers: set[asyncio.Task[None]] = set()
-        self.sink: PacedSink | RtcSink = self._paced_sink()
-        self.utterances = UtteranceQueue(engine, settings, metrics, tokenizer, self.broadcast, lambda: self.sink,
-                                         lambda: self.voice, self.id, self._stream_args)
+        self.out = AudioOut(self._paced_sink())
+        self.utterances = UtteranceQueue(engine, settings, metrics, tokenizer, self.broadcast, self.out, self.voice,
+                                         self.id)
 
     # ---- connections -----------------------------------------------------------------------------
     def attach(self, conn: Connection, owner: bool) -> None:
@@ -69,9 +67,9 @@ class Session:
         self.connections[conn.id] = conn
         if owner and self.audio == "websocket" and self.listener is None:
             self.listener = conn
-            self._set_sink(self._paced_sink())
+            self.out.replace(self._paced_sink())
         created = protocol.event("session.created", session=self.id, token=self.token, sample_rate=SAMPLE_RATE,
-                                 frame_ms=FRAME_MS, role=conn.role, config=self.config(),
+                                 frame_ms=ENGINE_FRAME_MS, role=conn.role, config=self.config(),
                                  limits={"max_utterance_chars": self.settings.max_utterance_chars,
                                          "max_queued_utterances": self.settings.max_queued_utterances},
                                  **self.info.describe())
@@ -82,11 +80,12 @@ class Session:
         if self.listener is conn:
             self.listener = None
             if self.audio == "websocket":
-                self._set_sink(self._paced_sink())  # keep the timeline; nobody receives the audio
+                self.out.replace(self._paced_sink())  # keep the timeline; nobody receives the audio
 
     def config(self) -> dict[str, Any]:
-        return {"voice": self.voice.voice, "language": self.voice.language, "instruct": self.voice.instruct,
-                "seed": self.voice.seed, "greedy": self.voice.greedy, "audio": self.audio, "vad": self.vad,
+        voice = self.voice.config
+        return {"voice": voice.voice, "language": voice.language, "instruct": voice.instruct,
+                "seed": voice.seed, "greedy": voice.greedy, "audio": self.audio, "vad": self.vad,
                 "barge_in": self.barge_in, "echo_guard_ms": self.echo_guard_ms}
 
     def broadcast(self, evt: dict[str, Any]) -> None:
@@ -112,10 +111,7 @@ class Session:
             elif isinstance(msg, protocol.VoicesList):
                 # voices added or removed while serving show up here (reading the files is off the loop)
                 self.info.adopt(await asyncio.to_thread(self.info.reload))
-                reply = protocol.event("voices", **self.info.describe())
-                if msg.id is not None:
-                    reply["id"] = msg.id
-                conn.send_event(reply)
+                conn.send_event(protocol.reply("voices", msg.id, **self.info.describe()))
         except ProtocolError as exc:
             conn.send_error(exc.code, exc.message, exc.msg_id)
         except Exception as exc:  # a bug must not end the session: report it
@@ -123,39 +119,16 @@ class Session:
             conn.send_error(protocol.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", msg_id)
 
     def update(self, conn: Connection, msg: protocol.SessionUpdate) -> None:
-        voice = VoiceConfig(**vars(self.voice))
-        if msg.voice is not None:
-            entry = self.info.entry(msg.voice)
-            if entry is None:
-                known = ", ".join(self.info.voices) or "none: this model has no preset or saved voice"
-                raise ProtocolError(protocol.INVALID_VOICE, f"unknown voice {msg.voice!r}; choose one of {known}",
-                                    msg.id)
-            voice.voice = entry.name
-            if msg.language is None and entry.kind != "preset":
-                voice.language = entry.language  # a saved voice brings its language
-        if msg.language is not None:
-            voice.language = msg.language.lower()
-        warning = None
-        if msg.instruct is not None:
-            voice.instruct = msg.instruct or None
-            if voice.instruct and self.info.kind == "custom_voice" and not self.info.instruct:
-                warning = protocol.event("warning", code=protocol.INSTRUCT_IGNORED,
-                                         message="this model (0.6B CustomVoice) ignores style instructions, as "
-                                                 "the official package does; the instruction was dropped (the "
-                                                 "1.7B CustomVoice and VoiceDesign models follow them)")
-                voice.instruct = None
-        if msg.seed is not None:
-            voice.seed = msg.seed
-        if msg.greedy is not None:
-            voice.greedy = msg.greedy
-        if msg.voice is not None or msg.language is not None or msg.instruct is not None:
-            self._check_voice(voice, msg.id)
+        try:
+            voice, caveat = self.voice.check(msg.voice, msg.language, msg.instruct, msg.seed, msg.greedy)
+        except ValueError as exc:  # VoiceError (the catalogue's rules) or the engine's refusal
+            raise ProtocolError(protocol.INVALID_VOICE, str(exc), msg.id) from None
         vad = self.vad
         if msg.vad is not None:
             vad = {**self.vad, **msg.vad}
             self._check_vad(vad, msg.id)
         # all checked: apply
-        self.voice = voice
+        self.voice.config = voice
         self.vad = vad
         if msg.barge_in is not None:
             self.barge_in = msg.barge_in
@@ -165,26 +138,9 @@ class Session:
             self._set_audio(msg.audio, conn)
         if msg.vad is not None and self.peer is not None and hasattr(self.peer, "set_vad"):
             self.peer.set_vad(self._vad_settings())
-        if warning is not None:
-            if msg.id is not None:
-                warning["id"] = msg.id
-            conn.send_event(warning)
+        if caveat is not None:  # the only one: an instruction the model ignores
+            conn.send_event(protocol.reply("warning", msg.id, code=protocol.INSTRUCT_IGNORED, message=caveat))
         self.broadcast(protocol.event("session.updated", config=self.config()))
-
-    def _stream_args(self, voice: VoiceConfig) -> dict[str, Any]:
-        return self.info.stream_args(voice.voice, voice.language, voice.instruct)
-
-    def _check_voice(self, voice: VoiceConfig, msg_id: str | None) -> None:
-        from tts_engine import validate_voice
-
-        if voice.language not in self.info.languages:
-            raise ProtocolError(protocol.INVALID_VOICE, f"unknown language {voice.language!r}; this model "
-                                                        f"speaks {', '.join(self.info.languages)}", msg_id)
-        try:
-            v = self.engine.model.voice(**self._stream_args(voice))
-            validate_voice(self.engine.model.config, v)
-        except ValueError as exc:
-            raise ProtocolError(protocol.INVALID_VOICE, str(exc), msg_id) from None
 
     def _check_vad(self, vad: dict[str, Any], msg_id: str | None) -> None:
         try:
@@ -213,26 +169,11 @@ class Session:
         send = listener.send_audio if listener is not None else None
         return PacedSink(self.settings.audio_lead_ms, self._on_sent, send, self.metrics)
 
-    def _set_sink(self, sink: PacedSink | RtcSink) -> None:
-        old = getattr(self, "sink", None)
-        self.sink = sink
-        if old is not None and old is not sink:
-            old.close()
-
     def _set_audio(self, mode: str, conn: Connection) -> None:
         self.audio = mode
-        if mode == "websocket":
-            self.listener = conn
-            self._set_sink(self._paced_sink())
-        elif mode == "none":
-            self.listener = None
-            self._set_sink(self._paced_sink())
-        elif mode == "webrtc":
-            self.listener = conn
-            if self.peer is not None:
-                self._set_sink(self._rtc_sink())
-            else:
-                self._set_sink(PacedSink(self.settings.audio_lead_ms, self._on_sent, None, self.metrics))
+        self.listener = None if mode == "none" else conn
+        # webrtc before the peer answered: the timeline goes on, unheard, until the track exists
+        self.out.replace(self._rtc_sink() if mode == "webrtc" and self.peer is not None else self._paced_sink())
 
     def _rtc_sink(self) -> RtcSink:
         return RtcSink(self.peer.outbound, self.settings.rtc_queue_ms, self._on_sent,
@@ -251,7 +192,7 @@ class Session:
             raise ProtocolError(protocol.INVALID_MESSAGE, f"vad: {exc}", msg.id) from None
         old, self.peer = self.peer, None
         if old is not None:
-            self._set_sink(self._paced_sink())
+            self.out.replace(self._paced_sink())
             await old.close()
         peer = RtcPeer(self.rtc_settings if self.rtc_settings is not None else RtcSettings(), vad,
                        self.on_speech)
@@ -267,11 +208,8 @@ class Session:
         peer.on_state = lambda state: self._on_peer_state(peer, state)
         self.audio = "webrtc"
         self.listener = conn
-        self._set_sink(self._rtc_sink())
-        reply = protocol.event("webrtc.answer", sdp=answer)
-        if msg.id is not None:
-            reply["id"] = msg.id
-        conn.send_event(reply)
+        self.out.replace(self._rtc_sink())
+        conn.send_event(protocol.reply("webrtc.answer", msg.id, sdp=answer))
 
     def _on_peer_state(self, peer: Any, state: str) -> None:
         if peer is not self.peer:
@@ -280,22 +218,19 @@ class Session:
         if state in ("failed", "closed") and not self.closed:
             # nobody pulls the track any more: keep the timeline going without it
             self.peer = None
-            self._set_sink(PacedSink(self.settings.audio_lead_ms, self._on_sent, None, self.metrics))
+            self.out.replace(self._paced_sink())  # audio "webrtc": paced, sent nowhere
             self._closing_peers.add(self.loop.create_task(peer.close(), name=f"peer-close-{self.id}"))
             for task in list(self._closing_peers):
                 if task.done():
                     self._closing_peers.discard(task)
 
     # ---- barge-in --------------------------------------------------------------------------------
-    def on_speech(self, kind: str, t: float, onset_t: float | None = None) -> None:
+    def on_speech(self, kind: str, t: float, onset_t: float | None) -> None:
         """VAD decision from the RTC peer (on the event loop): barge-in happens right here, in this tick.
 
         `t` is when the deciding mic frame arrived (loop clock); `onset_t`, the estimated speech start.
         """
-        if onset_t is None and self.peer is not None:
-            onset_t = getattr(getattr(self.peer, "vad", None), "onset_t", None)
         if kind == "speech_started":
-            self.user_speaking = True
             targets: list[Utterance] = []
             if self._playing() and self.barge_in:
                 if self._in_echo_guard():
@@ -307,7 +242,6 @@ class Session:
             if targets:
                 self._barge_in(targets, t, onset_t)
         elif kind == "speech_stopped":
-            self.user_speaking = False
             self._guarded_speech = False
             self.broadcast(protocol.event("user.speech_stopped"))
 
@@ -343,7 +277,7 @@ class Session:
             return
         self.closed = True
         await self.utterances.close()
-        self.sink.close()
+        self.out.close()
         if self.peer is not None:
             peer, self.peer = self.peer, None
             await peer.close()

@@ -1,14 +1,15 @@
 """A session's utterances: the text verbs, the ordered queue, the playout task, and their accounting.
 
 Text path: text.append -> the open utterance (created by the first fragment after a flush) -> its engine
-stream (`push_text` as soon as the stream is open; buffered before) -> frames -> the session's sink.
+stream (`push_text` as soon as the stream is open; buffered before) -> frames -> the session's audio out.
 Utterances play strictly in order. The playout task opens the next one's engine stream as soon as the
 current one's generation has ended, so the engine works ahead while the tail of the previous one plays;
 its frames go to the sink only once the previous utterance is done, so a flush never drops the next one.
 
 Every method here is synchronous except the playout task: an interruption (cancel, barge-in, error,
-shutdown) cancels the engine stream, flushes the sink and emits `utterance.interrupted` in the caller's
-loop tick. Events leave through `emit` (the session broadcasts them).
+shutdown) cancels the engine stream, cuts the audio out and emits `utterance.interrupted` in the caller's
+loop tick. The queue gets the session's audio out (agent.media.playout.AudioOut), its voice (agent.session.voice:
+what a stream opens with) and `emit` (the session broadcasts the events).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from agent.media.frames import frames
-from agent.media.playout import PacedSink, RtcSink
+from agent.media.frames import StreamFailed, frames
+from agent.media.playout import AudioOut
 from agent.metrics import Metrics
 from agent.session import protocol
 from agent.session.protocol import ProtocolError
 from agent.session.spoken import estimate_spoken
-from agent.settings import FRAME_MS, SessionSettings
+from agent.session.voice import SessionVoice
+from agent.settings import ENGINE_FRAME_MS, SessionSettings
 
 if TYPE_CHECKING:
     from tts_engine import Engine, Frame, Stream
@@ -39,15 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class VoiceConfig:
-    voice: str | None
-    language: str = "auto"
-    instruct: str | None = None
-    seed: int = 0
-    greedy: bool = False
 
 
 @dataclass(eq=False)
@@ -58,7 +51,6 @@ class Utterance:
     chars: int = 0
     flushed: bool = False
     stream: Stream | None = None
-    voice: VoiceConfig | None = None
     head_t: float | None = None  # became the utterance playing
     opened_t: float | None = None  # engine stream opened
     first_frame_t: float | None = None  # first engine frame taken from the stream
@@ -76,13 +68,9 @@ class Utterance:
 
 class UtteranceQueue:
     def __init__(self, engine: Engine, settings: SessionSettings, metrics: Metrics, tokenizer: Tokenizer | None,
-                 emit: Emit, sink: Callable[[], PacedSink | RtcSink], voice: Callable[[], VoiceConfig],
-                 name: str, stream_args: Callable[[VoiceConfig], dict[str, Any]] | None = None) -> None:
+                 emit: Emit, audio: AudioOut, voice: SessionVoice, name: str) -> None:
         self.engine, self.settings, self.metrics, self.tokenizer = engine, settings, metrics, tokenizer
-        self.emit, self.sink, self.voice, self.name = emit, sink, voice, name
-        # voice name -> open_stream keywords (the session's catalogue); default: the name is a preset speaker
-        self.stream_args = stream_args or (lambda v: {"speaker": v.voice, "language": v.language,
-                                                      "instruct": v.instruct})
+        self.emit, self.audio, self.voice, self.name = emit, audio, voice, name
         self.loop = asyncio.get_running_loop()
         self.queue: collections.deque[Utterance] = collections.deque()  # head: the one playing
         self.open_utt: Utterance | None = None  # accepting text (the last one, until its flush)
@@ -179,15 +167,12 @@ class UtteranceQueue:
             utt.stream.cancel()
         heard_ms = utt.played_ms
         if utt.head_t is not None:  # it is the one playing: drop its queued audio
-            sink = self.sink()
-            heard_ms -= sink.buffered_ms() + (sink.listener_delay_ms if utt.played_ms else 0.0)
-            sink.flush()
+            heard_ms = self.audio.cut(utt.played_ms)
         self._end(utt, "interrupted")
-        heard_ms = max(0.0, heard_ms)
         text = utt.text_fed
         tokens_read = None
         if utt.consumed:
-            tokens_read = utt.consumed[min(int(heard_ms // FRAME_MS), len(utt.consumed) - 1)]
+            tokens_read = utt.consumed[min(int(heard_ms // ENGINE_FRAME_MS), len(utt.consumed) - 1)]
         spoken = estimate_spoken(text, heard_ms, tokens_read, self.tokenizer, self.settings.chars_per_second,
                                  self.settings.cjk_char_weight)
         self.metrics.utterances_total.inc(ended_by=reason)
@@ -234,9 +219,8 @@ class UtteranceQueue:
 
     def _open_stream(self, utt: Utterance) -> bool:
         """Start synthesis of `utt` with the session's current voice; False (reported) if it cannot."""
-        v = utt.voice = VoiceConfig(**vars(self.voice()))
         try:
-            stream = self.engine.open_stream(**self.stream_args(v), greedy=v.greedy, seed=v.seed)
+            stream = self.engine.open_stream(**self.voice.stream_args())
         except ValueError as exc:
             self._report_error(protocol.INVALID_VOICE, f"utterance {utt.id}: {exc}")
             self.interrupt(utt, "error")
@@ -275,35 +259,36 @@ class UtteranceQueue:
         self.emit(protocol.event("utterance.started", utterance=utt.id))
         stream = utt.stream
         assert stream is not None
-        async with contextlib.aclosing(self._start_buffered(stream)) as frames:
-            async for frame in frames:
-                if utt.ended is not None:
-                    break
-                if utt.first_frame_t is None:
-                    utt.first_frame_t = self.loop.time()
-                utt.consumed.append(frame.text_tokens_consumed)
-                utt.frames += 1
-                if not await self.sink().play(utt.id, frame.pcm):
+        try:
+            async with contextlib.aclosing(self._start_buffered(stream)) as frames:
+                async for frame in frames:
                     if utt.ended is not None:
                         break
-                    # the sink was replaced (audio mode changed) while this frame waited: it goes to the new one
-                    if not await self.sink().play(utt.id, frame.pcm):
-                        break
+                    if utt.first_frame_t is None:
+                        utt.first_frame_t = self.loop.time()
+                    utt.consumed.append(frame.text_tokens_consumed)
+                    utt.frames += 1
+                    if not await self.audio.sink.play(utt.id, frame.pcm):
+                        if utt.ended is not None:
+                            break
+                        # the sink was replaced (audio mode changed) while this frame waited: it goes to the new one
+                        if not await self.audio.sink.play(utt.id, frame.pcm):
+                            break
+        except StreamFailed as failed:
+            self._report_error(protocol.ENGINE_ERROR, f"utterance {utt.id}: {failed.end.error}")
+            self.interrupt(utt, "error")
+            return
         if utt.ended is not None:
             return
         end = stream.end
-        if end is not None and end.reason == "error":
-            self._report_error(protocol.ENGINE_ERROR, f"utterance {utt.id}: {end.error}")
-            self.interrupt(utt, "error")
-            return
         utt.generated = end.reason if end is not None else "eos"
         self._prefetch()
-        await self.sink().drain(utt.id)
+        await self.audio.sink.drain(utt.id)
         self._done(utt)
 
     async def _start_buffered(self, stream: Stream) -> AsyncIterator[Frame]:
         """The stream's frames, the first `start_buffer_ms` of them held until all are ready (or it ends)."""
-        need = math.ceil(self.settings.start_buffer_ms / FRAME_MS)
+        need = math.ceil(self.settings.start_buffer_ms / ENGINE_FRAME_MS)
         held: list[Frame] | None = [] if need > 0 else None
         async for frame in frames(stream):
             if held is None:

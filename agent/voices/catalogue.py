@@ -4,9 +4,14 @@
 - VoiceDesign: the designed voices of the voices directory (each a saved description and language).
 - Base: the cloned voices made for a model of the same width (an x-vector is as wide as the talker).
 
-`ModelInfo` is the server's single catalogue (session.created, `voices`, Wyoming's info); its `stream_args` turns
-a choice (voice, language, instruct) into `Engine.open_stream` keywords. The CLI's synth uses the same entries,
-so a name means the same everywhere.
+`ModelInfo` is the single catalogue (session.created, `voices`, Wyoming's info, the compatible APIs, the CLI's
+synth). Its `resolve` holds the voice rules every front-end follows, so a request means the same everywhere:
+- a name is looked up exactly, then case-insensitively; no name: the catalogue's first voice (the default);
+- a language is a name or an ISO code of the checkpoint's languages; none named: a saved voice brings its own,
+  a preset has none (the caller's fallback, "auto" by default);
+- a style instruction is kept where the model follows one, dropped with a warning by the 0.6B CustomVoice
+  (as the official package does), refused by Base checkpoints;
+- anything else is a `VoiceError` with a stable code and the field it concerns.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.voices.errors import INSTRUCT_UNSUPPORTED, UNKNOWN_VOICE, VoiceError
+from agent.voices.languages import language_name
 from agent.voices.store import VoiceRegistry
 
 if TYPE_CHECKING:
@@ -105,6 +112,17 @@ def find(entries: list[VoiceEntry], name: str) -> VoiceEntry | None:
     return next((e for e in entries if e.name.casefold() == key), None)
 
 
+@dataclass(frozen=True)
+class ResolvedVoice:
+    """A voice request the catalogue can serve."""
+
+    name: str | None  # the catalogue's spelling; None: no voice (a VoiceDesign checkpoint with instruct only)
+    language: str  # a language name of the checkpoint, or "auto"
+    instruct: str | None  # the request's instruction as kept (None when dropped or not given)
+    stream_args: dict[str, Any]  # `Engine.open_stream` / `TTSModel.synthesize` keywords
+    warning: str | None = None  # the request was served with a caveat (the instruction was dropped)
+
+
 @dataclass
 class ModelInfo:
     """What the loaded checkpoint offers: the single voice catalogue of the server (session.created, the
@@ -156,15 +174,43 @@ class ModelInfo:
     def default_voice(self) -> VoiceEntry | None:
         return self.entries[0] if self.entries else None
 
-    def stream_args(self, voice: str | None, language: str, instruct: str | None) -> dict[str, Any]:
-        """`Engine.open_stream` keywords for a session's choice; ValueError names an unknown voice."""
-        if voice is None:
-            return {"language": language, "instruct": instruct}
-        entry = self.entry(voice)
+    def resolve(self, voice: str | VoiceEntry | None = None, language: str | None = None,
+                instruct: str | None = None, fallback_language: str = "auto") -> ResolvedVoice:
+        """The voice rules (see the module docstring). `voice`: a catalogue name, an entry made on the spot (a
+        reference recording cloned for one synth), or None for the default voice. `language`: a name or ISO
+        code; None: the voice's own, else `fallback_language`. VoiceError when it cannot be served."""
+        entry = self._entry(voice) if isinstance(voice, str) else voice if voice is not None else self.default_voice
+        if language is not None:
+            language = language_name(self.languages, language)
+        elif entry is not None and entry.kind != "preset":
+            language = entry.language  # a saved voice brings its language
+        else:
+            language = fallback_language
+        instruct, warning = self._instruct(instruct or None)
+        args = entry.stream_args(language, instruct) if entry is not None else {"language": language,
+                                                                                "instruct": instruct}
+        return ResolvedVoice(entry.name if entry is not None else None, language, instruct, args, warning)
+
+    def _entry(self, name: str) -> VoiceEntry:
+        entry = self.entry(name)
         if entry is None:
             known = ", ".join(self.voices) or "none (add one with `voicegate voices add`)"
-            raise ValueError(f"unknown voice {voice!r}; choose one of {known}")
-        return entry.stream_args(language, instruct)
+            raise VoiceError(f"unknown voice {name!r}; this {self.kind} model's voices: {known}", UNKNOWN_VOICE)
+        return entry
+
+    def _instruct(self, instruct: str | None) -> tuple[str | None, str | None]:
+        """(the instruction kept, a warning)."""
+        if instruct is None or self.instruct:
+            return instruct, None
+        if self.kind == "base":
+            raise VoiceError("Base checkpoints take no style instruction: a cloned voice speaks like its "
+                             "reference recording", INSTRUCT_UNSUPPORTED, "instruct")
+        return None, ("this model (0.6B CustomVoice) ignores style instructions, as the official package does; "
+                      "the instruction was dropped (the 1.7B CustomVoice and VoiceDesign models follow them)")
+
+    def stream_args(self, voice: str | None, language: str, instruct: str | None) -> dict[str, Any]:
+        """`Engine.open_stream` keywords for a choice (`resolve(...).stream_args`)."""
+        return self.resolve(voice, language, instruct).stream_args
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "model_kind": self.kind, "voices": self.voices, "languages": self.languages,

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.voices.errors import UNKNOWN_VOICE, VoiceError
+from agent.voices.languages import language_name
 from agent.voices.reference_audio import ReferenceAudio, load_reference
 from tts_engine.files import atomic_file
 
@@ -42,10 +44,6 @@ MAX_DESCRIPTION_CHARS = 1000  # the protocol's instruct limit
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # The official CustomVoice speakers: a saved voice may not shadow one of them.
 PRESET_NAMES = ("vivian", "serena", "uncle_fu", "ryan", "aiden", "ono_anna", "sohee", "eric", "dylan")
-
-
-class VoiceError(ValueError):
-    """A voice that cannot be added, found or removed; the message says why."""
 
 
 def default_voices_dir() -> Path:
@@ -161,7 +159,7 @@ class VoiceRegistry:
         voice = self.find(name)
         if voice is None:
             known = ", ".join(v.name for v in self.list()) or "none yet"
-            raise VoiceError(f"no saved voice {name!r} in {self.root} (saved: {known})")
+            raise VoiceError(f"no saved voice {name!r} in {self.root} (saved: {known})", UNKNOWN_VOICE)
         return voice
 
     def load_prompt(self, name: str) -> VoicePrompt:
@@ -200,7 +198,7 @@ class VoiceRegistry:
             raise VoiceError("a designed voice needs a description, e.g. --design \"a warm, low male voice\"")
         if len(description) > MAX_DESCRIPTION_CHARS:
             raise VoiceError(f"the description is over {MAX_DESCRIPTION_CHARS} characters")
-        language = _check_language(language, ["auto", *LANGUAGES])
+        language = language_name(["auto", *LANGUAGES], language or "auto")
         meta = {"format": DESIGNED_FORMAT, "name": name, "kind": "designed", "description": description,
                 "language": language, "created": _now(), "model": {"kind": "voice_design"}}
         target = self.root / f"{name}{DESIGNED_SUFFIX}"
@@ -229,7 +227,7 @@ class VoiceRegistry:
         cfg = model.config
         if cfg.tts_model_type != "base":
             raise VoiceError(f"cloning needs a Base checkpoint; {model.path} is {cfg.tts_model_type}")
-        language = _check_language(language, model.languages)
+        language = language_name(model.languages, language or "auto")
         started = time.perf_counter()
         if isinstance(audio, ReferenceAudio):
             ref = audio
@@ -258,9 +256,3 @@ class VoiceRegistry:
         voice.path.unlink()
         return voice
 
-
-def _check_language(language: str, known: list[str]) -> str:
-    language = (language or "auto").lower()
-    if language not in known:
-        raise VoiceError(f"unknown language {language!r}; one of {', '.join(known)}")
-    return language

@@ -47,11 +47,12 @@ from wyoming.tts import (
 )
 
 from agent.media.frames import frames
-from agent.settings import FRAME_MS, SAMPLE_RATE
+from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
 from agent.signals import wait_for_stop_signal
 from agent.text_input import clean_text
-from agent.voices.catalogue import ModelInfo
-from agent.wyoming.info import DEFAULT_VOICE, ResolvedVoice, VoiceError, language_name, resolve, tts_program
+from agent.voices.catalogue import ModelInfo, ResolvedVoice
+from agent.voices.errors import VoiceError
+from agent.wyoming.info import resolve, tts_program
 
 if TYPE_CHECKING:
     from tts_engine import Engine, Stream
@@ -226,12 +227,12 @@ class WyomingHandler(AsyncEventHandler):
             if flow.first_audio is None:
                 flow.first_audio = time.monotonic()
             pcm = frame.pcm.astype("<i2", copy=False).tobytes()
-            await self.write_event(AudioChunk(audio=pcm, timestamp=frame.index * FRAME_MS, **fmt).event())
+            await self.write_event(AudioChunk(audio=pcm, timestamp=frame.index * ENGINE_FRAME_MS, **fmt).event())
             flow.frames += 1
         end = stream.end
         if end is not None and end.reason == "error":
             await self._error("engine_error", f"synthesis failed: {end.error}")
-        await self.write_event(AudioStop(timestamp=flow.frames * FRAME_MS).event())
+        await self.write_event(AudioStop(timestamp=flow.frames * ENGINE_FRAME_MS).event())
 
     def _log_done(self, flow: Flow) -> None:
         end = flow.stream.end if flow.stream is not None else None
@@ -267,27 +268,24 @@ class WyomingService:
         self.server: AsyncServer = AsyncServer.from_uri(self.settings.uri)
         self._zeroconf: Any = None
         # Defaults are checked now, so a typo fails at startup rather than on Home Assistant's first request.
-        if self.settings.language != "auto":
-            self.settings.language = language_name(self.info, self.settings.language)
+        default = resolve(self.info, SynthesizeVoice(name=self.settings.voice, language=self.settings.language),
+                          None, "auto", self.settings.instruct)
+        if default.warning:
+            log.warning("--instruct: %s", default.warning)
         if self.settings.voice is not None:
-            self.settings.voice = resolve(self.info, SynthesizeVoice(name=self.settings.voice), None, "auto").name
+            self.settings.voice = default.name
+        if self.settings.language != "auto":
+            self.settings.language = default.language
 
     def info_event(self) -> Event:
         return Info(tts=[tts_program(self.info)]).event()
 
     def resolve(self, requested: SynthesizeVoice | None) -> ResolvedVoice:
-        return resolve(self.info, requested, self.settings.voice, self.settings.language)
+        s = self.settings
+        return resolve(self.info, requested, s.voice, s.language, s.instruct)
 
     def open_stream(self, voice: ResolvedVoice) -> Stream:
-        """The catalogue turns the name into open_stream keywords (preset speaker, designed or cloned voice)."""
-        s = self.settings
-        name = None if voice.name == DEFAULT_VOICE and not self.info.voices else voice.name
-        language = voice.language
-        entry = self.info.entry(name) if name is not None else None
-        if language == "auto" and entry is not None:
-            language = entry.language  # a saved voice speaks its own language unless the request names one
-        args = self.info.stream_args(name, language, s.instruct)
-        return self.engine.open_stream(**args, greedy=s.greedy, seed=s.seed)
+        return self.engine.open_stream(**voice.stream_args, greedy=self.settings.greedy, seed=self.settings.seed)
 
     async def refresh(self) -> None:
         """Voices added or removed while serving (`voicegate voices add|remove`) show up in the next info."""

@@ -20,7 +20,7 @@ from aiortc.rtp import RtpPacket
 
 from agent.media.aiortc_patches import LowLatencyAudioBuffer, use_host_addresses
 from agent.media.audio import read_wav
-from agent.media.rtc import FRAME_SAMPLES, OutboundAudio, RtcPeer, RtcSettings
+from agent.media.rtc import RTP_FRAME_SAMPLES, OutboundAudio, RtcPeer, RtcSettings
 from agent.media.vad import SPEECH_STARTED, SPEECH_STOPPED, VadSettings
 from bench.rtc_client import RtcClient
 
@@ -128,7 +128,7 @@ async def test_frames_are_20ms_48k_s16_mono_with_sample_pts() -> None:
     frames, _ = await recv_n(track, 5)
     for i, frame in enumerate(frames):
         assert (frame.samples, frame.sample_rate, frame.format.name, frame.layout.name) == (960, 48000, "s16", "mono")
-        assert frame.pts == i * FRAME_SAMPLES and frame.time_base == Fraction(1, 48000)
+        assert frame.pts == i * RTP_FRAME_SAMPLES and frame.time_base == Fraction(1, 48000)
     assert not pcm(frames).any()  # idle = silence, never a pause
     track.stop()
     with pytest.raises(MediaStreamError):
@@ -221,7 +221,7 @@ async def connect(peer: RtcPeer, client: RtcClient) -> None:
 
 
 async def test_answer_is_complete_and_loopback_only() -> None:
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     client = RtcClient()
     try:
         answer = await peer.answer(await client.offer())
@@ -242,7 +242,7 @@ async def test_answer_is_complete_and_loopback_only() -> None:
 async def test_default_settings_offer_loopback_and_no_stun() -> None:
     settings = RtcSettings()
     assert settings.ice_servers == [] and settings.rtc_ice_servers() == []
-    peer = RtcPeer(settings, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(settings, VadSettings(), lambda e, t, onset_t: None)
     client = RtcClient()
     try:
         started = time.monotonic()
@@ -273,7 +273,7 @@ async def test_host_address_choice_is_scoped_to_our_peers() -> None:
     assert len(candidates) == 1 and " 127.0.0.1 " in candidates[0]
     await pc.close()
     peer = RtcPeer(RtcSettings(receive_buffer="aiortc", host_addresses=["127.0.0.1"]), VadSettings(),
-                   lambda e, t: None)
+                   lambda e, t, onset_t: None)
     client = RtcClient()
     await peer.answer(await client.offer())
     assert peer.receive_buffer == "aiortc"
@@ -284,14 +284,14 @@ async def test_host_address_choice_is_scoped_to_our_peers() -> None:
 
 
 async def test_bad_offers_are_refused() -> None:
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     with pytest.raises(ValueError):
         await peer.answer("v=0 this is not sdp")
     await peer.close()
     pc = RTCPeerConnection()
     pc.createDataChannel("x")
     await pc.setLocalDescription(await pc.createOffer())
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     with pytest.raises(ValueError, match="no audio"):
         await peer.answer(pc.localDescription.sdp)
     await peer.close()
@@ -299,7 +299,7 @@ async def test_bad_offers_are_refused() -> None:
 
 
 async def test_client_receives_paced_frames_and_speech_after_silence() -> None:
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     client = RtcClient(mic=False)
     try:
         await connect(peer, client)
@@ -330,7 +330,7 @@ async def test_client_receives_paced_frames_and_speech_after_silence() -> None:
 
 
 async def test_flush_turns_the_received_audio_silent_quickly() -> None:
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     client = RtcClient(mic=False)
     try:
         await connect(peer, client)
@@ -352,7 +352,7 @@ async def test_flush_turns_the_received_audio_silent_quickly() -> None:
 
 async def speak_and_collect(clip: np.ndarray, vad: VadSettings, settle: float = 1.0) -> tuple[list, float]:
     events: list[tuple[str, float]] = []
-    peer = RtcPeer(LOOPBACK, vad, lambda e, t: events.append((e, t)))
+    peer = RtcPeer(LOOPBACK, vad, lambda e, t, onset_t: events.append((e, t)))
     client = RtcClient()
     try:
         await connect(peer, client)
@@ -385,10 +385,10 @@ async def test_mic_tone_and_silence_do_not_fire(freq: float) -> None:
 
 
 async def test_close_cancels_everything() -> None:
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     await peer.close()  # before answer: fine
     assert peer.connection_state == "closed"
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     client = RtcClient()
     await connect(peer, client)
     assert peer.connection_state == "connected"
@@ -403,7 +403,7 @@ async def test_close_cancels_everything() -> None:
     await client.close()
 
 
-async def test_on_speech_gets_the_onset_estimate_when_it_takes_one() -> None:
+async def test_on_speech_gets_the_onset_estimate() -> None:
     got: list[tuple[str, float, float | None]] = []
 
     def on_speech(event: str, t: float, onset_t: float | None = None) -> None:
@@ -429,7 +429,7 @@ async def test_on_speech_gets_the_onset_estimate_when_it_takes_one() -> None:
 
 
 def test_set_vad_keeps_the_speaking_state() -> None:
-    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t: None)
+    peer = RtcPeer(LOOPBACK, VadSettings(), lambda e, t, onset_t: None)
     peer.vad.speaking, peer.vad.onset_t = True, 1.0
     before = peer.vad
     peer.set_vad(VadSettings())  # unchanged: same detector

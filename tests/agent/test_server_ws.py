@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent.cli.main import main as cli_main
 from agent.session import protocol
-from agent.settings import FRAME_BYTES
+from agent.settings import ENGINE_FRAME_BYTES
 
 from .conftest import API_KEY, Client, ServerThread, http_get, session_client
 
@@ -56,7 +56,7 @@ async def test_headless_gets_3840_byte_frames_then_done(server: ServerThread) ->
         done = await client.expect("utterance.done")
         assert started["utterance"] == first["utterance"] == done["utterance"]
         assert first["latency_ms"] >= 0 and first["model_ms"] >= 0
-        assert client.frames and all(len(f) == FRAME_BYTES for f in client.frames)
+        assert client.frames and all(len(f) == ENGINE_FRAME_BYTES for f in client.frames)
         assert len(client.frames) == done["frames"] and done["played_ms"] == 80.0 * done["frames"]
         assert done["ended_by"] in ("eos", "cap")
         assert done["text_fed"] == "Hello there, how are you today?  "

@@ -1,8 +1,9 @@
-"""VoiceActivityDetector on the committed espeak-ng WAVs (tests/fixtures/make_speech.sh) and synthetic signals."""
+"""VoiceActivityDetector on the committed espeak-ng WAVs (tests/fixtures/make_speech.sh) and synthetic signals.
+
+Its cost per frame (it runs on the event loop) is measured by `python -m bench.vad`, not asserted here."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -176,14 +177,3 @@ def test_bad_input_and_settings() -> None:
         with pytest.raises(ValueError):
             VadSettings(**bad)
 
-
-def test_cost_per_frame_is_small() -> None:
-    """Called per 20 ms frame on the event loop: generous bound (measured ~5-30 us per frame)."""
-    audio = np.concatenate([wav16k("speech_16k.wav"), wav16k("noise_16k.wav")])
-    vad = VoiceActivityDetector(VadSettings())
-    frames = len(audio) // FRAME
-    started = time.perf_counter()
-    for _ in range(3):
-        feed(vad, audio)
-    per_frame = (time.perf_counter() - started) / (3 * frames)
-    assert per_frame < 1e-3
