@@ -211,7 +211,9 @@ def bench_engine(model_dir: Path, text: str, device: str, max_frames: int, compi
         run()  # warm-up
         result = run()
         compile_s = engine.scheduler.warm_up_s if compiled else 0.0
-    return {"impl": f"voicegate engine ({'compiled' if compiled else 'eager'}, {precision})", "load_s": load_s,
+    # what ran, not what was asked (int8 on CUDA runs as bf16)
+    return {"impl": f"voicegate engine ({'compiled' if compiled else 'eager'}, {model.precision})",
+            "precision_asked": precision, "precision": model.precision, "load_s": load_s,
             "compile_s": compile_s, "device": str(model.device), **result}
 
 

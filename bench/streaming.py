@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batches", default="1,2,4,8,16,32,64,128")
     parser.add_argument("--compile", action="store_true", help="the compiled frame step (torch.compile)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                        help="auto: bf16 on CUDA, fp32 on a CPU; the report says what ran")
     parser.add_argument("--frames", type=int, default=5, help="frames per stream per batch size")
     parser.add_argument("--tokens-per-s", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -104,7 +105,8 @@ def main() -> None:
     report: dict[str, Any] = {"model": str(args.model), "device": str(model.device),
                               "threads": torch.get_num_threads(),
                               "tokens_per_s": args.tokens_per_s, "compiled": args.compile,
-                              "precision": args.precision, "max_positions": args.max_positions}
+                              "precision": model.precision, "precision_asked": args.precision,
+                              "max_positions": args.max_positions}
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     with Engine(model, settings, progress=progress) as engine:
         report["compile_s"] = engine.scheduler.warm_up_s

@@ -21,14 +21,16 @@ if TYPE_CHECKING:
     from agent.voices.catalogue import ResolvedVoice
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
-PRECISIONS = ("fp32", "bf16", "int8")  # tts_engine.precision.PRECISIONS (not imported: no torch at parse time)
-PRECISION_HELP = ("talker/code-predictor weights: fp32 (default) is exact (the official codes); bf16 halves "
-                  "and int8 quarters the weight bytes per frame for a faster CPU engine, with codes that "
-                  "may differ from fp32's (the codec decoder stays fp32)")
+# tts_engine.checkpoints.precision.PRECISION_CHOICES (not imported: no torch at parse time)
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISION_HELP = ("talker/code-predictor weights: auto (default) = bf16 on CUDA, fp32 on a CPU; fp32 is exact "
+                  "(the official codes; TF32 off on CUDA); bf16 halves and int8 quarters the weight bytes per "
+                  "frame, with codes that may differ from fp32's (int8 runs as bf16 on CUDA); the codec decoder "
+                  "stays fp32 in every mode")
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
 
 
 def _write_wav(path: Path, audio, sample_rate: int = 24000) -> None:  # type: ignore[no-untyped-def]
@@ -117,10 +119,10 @@ def _synth_voice(model, args: argparse.Namespace, ref) -> ResolvedVoice:  # type
     catalogue's rules (language, instruct, the default voice)."""
     import numpy as np
     import torch
-    from tts_engine.voice_prompt import VoicePrompt
 
     from agent.voices.catalogue import ModelInfo, VoiceEntry
     from agent.voices.errors import UNKNOWN_VOICE, VoiceError
+    from tts_engine import VoicePrompt
 
     info = ModelInfo.from_model(model, args.model, args.voices_dir or default_voices_dir())
     voice: str | VoiceEntry | None = args.voice or args.speaker

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from agent.voices.catalogue import ModelInfo, ResolvedVoice
 
 if TYPE_CHECKING:
-    from tts_engine.engine import Engine
+    from tts_engine import Engine
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ from torch import nn
 from bench.precision import teacher_forced
 from tts_engine import Engine, EngineSettings, load_model
 from tts_engine.checkpoints.precision import (
+    PRECISION_CHOICES,
     PRECISIONS,
     Int8Linear,
     apply_precision,
     dequantize,
     quantize_per_channel,
+    resolve_precision,
     with_precision,
 )
 
@@ -152,7 +154,30 @@ def test_unknown_precision_is_refused(fp32, tiny_checkpoint) -> None:  # type: i
         load_model(tiny_checkpoint("custom_voice"), device="cpu", precision="int4")
     from agent.cli.main import PRECISIONS as CLI_PRECISIONS
 
-    assert CLI_PRECISIONS == PRECISIONS  # the CLI's copy (no torch import at parse time)
+    assert CLI_PRECISIONS == PRECISION_CHOICES  # the CLI's copy (no torch import at parse time)
+
+
+def test_precision_resolves_per_device(caplog: pytest.LogCaptureFixture) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # (resolution reads the device type only)
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("auto", cuda) == "bf16"
+    assert [resolve_precision(p, cpu) for p in PRECISIONS] == list(PRECISIONS)
+    assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cuda) == "bf16"
+    with caplog.at_level("WARNING"):
+        assert resolve_precision("int8", cuda) == "bf16"  # torch's CUDA int8 kernel is slower than bf16
+    assert "int8 on CUDA runs as bf16" in caplog.text
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "int8"])
+def test_codec_decoder_and_speaker_encoder_stay_fp32_in_every_mode(tiny_checkpoint, precision: str) -> None:  # type: ignore[no-untyped-def]
+    model = load_model(tiny_checkpoint("base"), device="cpu", precision=precision)
+    assert model.precision == resolve_precision(precision, torch.device("cpu"))
+    assert {p.dtype for p in model.codec.parameters()} == {torch.float32}
+    assert model.model.speaker_encoder is not None
+    assert {p.dtype for p in model.model.speaker_encoder.parameters()} == {torch.float32}
+    talker = {p.dtype for p in model.talker.model.parameters()}
+    assert talker == ({torch.float32} if model.precision == "fp32" else {torch.bfloat16})
 
 
 def test_cli_takes_precision_on_synth_serve_and_wyoming(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -161,7 +186,7 @@ def test_cli_takes_precision_on_synth_serve_and_wyoming(capsys) -> None:  # type
     parser = build_parser()
     common = {"synth": ["--text", "Hi.", "--out", "x.wav"], "serve": [], "wyoming": []}
     for command, rest in common.items():
-        assert parser.parse_args([command, *rest]).precision == "fp32"  # the exact path by default
+        assert parser.parse_args([command, *rest]).precision == "auto"  # fp32 (exact) on a CPU, bf16 on CUDA
         assert parser.parse_args([command, *rest, "--precision", "int8"]).precision == "int8"
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([command, *rest, "--precision", "fp16"])

@@ -40,14 +40,31 @@ from ..synthesis.tts_model import TTSModel
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")  # what runs
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # what may be asked: auto = bf16 on CUDA, fp32 on a CPU
 COMPUTE_DTYPE = torch.bfloat16  # activations of the bf16 and int8 modes
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)} "
-                         f"(fp32 exact, bf16 half the weight bytes, int8 a quarter)")
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)} "
+                         f"(auto: bf16 on CUDA, fp32 on a CPU; fp32 exact, bf16 half the weight bytes, int8 a "
+                         f"quarter)")
+    return precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The mode that runs for `precision` on `device` (what the model's `.precision` then says).
+
+    auto: bf16 on CUDA (tensor cores; fp32 would be slower and the engine memory-bound), fp32 on a CPU (the
+    exact path). int8 on CUDA runs bf16 instead, with a warning: torch's CUDA `_weight_int8pack_mm` is a naive
+    kernel (one thread per output, no tensor cores), slower there than the bf16 matmul it would replace."""
+    check_precision(precision)
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "int8" and device.type == "cuda":
+        log.warning("int8 on CUDA runs as bf16: torch's CUDA int8 weight-only kernel is slower than bf16 there")
+        return "bf16"
     return precision
 
 
@@ -156,7 +173,9 @@ def apply_precision(model: TTSModel, precision: str) -> TTSModel:
 
     Call it after loading and before an Engine is built on the model (the engine's buffers take the
     model's dtype when it starts)."""
-    check_precision(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)} (what runs: "
+                         f"resolve 'auto' with resolve_precision first)")
     if precision == getattr(model, "precision", "fp32"):
         return model
     if getattr(model, "precision", "fp32") != "fp32":
