@@ -23,15 +23,20 @@ class Format:
     codec: str | None
     content_type: str
     bit_rate: int | None = None
+    options: dict[str, str] | None = None  # the muxer's
 
 
 FORMATS: dict[str, Format] = {
     "pcm": Format(None, None, "audio/pcm"),
     "wav": Format("wav", "pcm_s16le", "audio/wav"),
     "mp3": Format("mp3", "libmp3lame", "audio/mpeg", 64_000),
-    "opus": Format("ogg", "libopus", "audio/ogg", 48_000),
+    # an Ogg page per packet (20 ms), not per second (the muxer's default): pages go out as they are made
+    "opus": Format("ogg", "libopus", "audio/ogg", 48_000, {"page_duration": "20000"}),
     "aac": Format("adts", "aac", "audio/aac", 64_000),
     "flac": Format("flac", "flac", "audio/flac"),
+    # headerless G.711 (telephony; ElevenLabs' ulaw_8000 / alaw_8000): one byte per sample
+    "ulaw": Format("mulaw", "pcm_mulaw", "audio/basic"),
+    "alaw": Format("alaw", "pcm_alaw", "audio/x-alaw-basic"),
 }
 
 
@@ -54,17 +59,19 @@ class _Sink:
 class AudioEncoder:
     """s16le mono PCM at `sample_rate` in, `fmt` bytes out (see FORMATS)."""
 
-    def __init__(self, fmt: str, sample_rate: int = 24000) -> None:
+    def __init__(self, fmt: str, sample_rate: int = 24000, bit_rate: int | None = None) -> None:
+        """`bit_rate` (bits/s) overrides the format's default for the lossy codecs."""
         self.format = FORMATS[fmt]
         self.sample_rate = sample_rate
         self._pts = 0
         self._sink = _Sink()
         self._container: av.container.OutputContainer | None = None
         if self.format.container is not None:
-            self._container = av.open(self._sink, mode="w", format=self.format.container)
+            self._container = av.open(self._sink, mode="w", format=self.format.container,
+                                      options=self.format.options or {})
             stream = self._container.add_stream(self.format.codec, rate=sample_rate, layout="mono")
-            if self.format.bit_rate:
-                stream.bit_rate = self.format.bit_rate
+            if bit_rate or self.format.bit_rate:
+                stream.bit_rate = bit_rate or self.format.bit_rate
             self._stream = stream
 
     @property
