@@ -6,7 +6,8 @@
 
 `ModelInfo` is the single catalogue (session.created, `voices`, Wyoming's info, the compatible APIs, the CLI's
 synth). Its `resolve` holds the voice rules every front-end follows, so a request means the same everywhere:
-- a name is looked up exactly, then case-insensitively; no name: the catalogue's first voice (the default);
+- a name is looked up exactly, then case-insensitively, then as an alias (OpenAI's voice names, agent.voices.aliases);
+  no name: the catalogue's first voice (the default);
 - a language is a name or an ISO code of the checkpoint's languages; none named: a saved voice brings its own,
   a preset has none (the caller's fallback, "auto" by default);
 - a style instruction is kept where the model follows one, dropped with a warning by the 0.6B CustomVoice
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.voices.aliases import alias_table, saved_aliases
 from agent.voices.errors import INSTRUCT_UNSUPPORTED, UNKNOWN_VOICE, VoiceError
 from agent.voices.languages import language_name
 from agent.voices.store import VoiceRegistry
@@ -138,37 +140,53 @@ class ModelInfo:
     size: str = ""  # "0b6" | "1b7"
     voices_dir: Path | None = None  # saved voices; None: presets only
     model: Any = field(default=None, repr=False, compare=False)  # the TTSModel (for reload)
+    alias_overrides: dict[str, str] = field(default_factory=dict)  # `--voice-alias` (agent.voices.aliases)
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> voice name, rebuilt with the catalogue
 
     def __post_init__(self) -> None:
         if not self.entries and self.kind == "custom_voice":
             self.entries = [VoiceEntry(name=v, kind="preset", instruct=self.instruct) for v in self.voices]
+        self._saved_aliases = saved_aliases(self.voices_dir)
+        self._build_aliases()
+
+    def _build_aliases(self) -> None:
+        self.aliases = alias_table(self.voices, self._saved_aliases, self.alias_overrides)
 
     @classmethod
-    def from_engine(cls, engine: Engine, name: str, voices_dir: str | os.PathLike[str] | None = None) -> ModelInfo:
-        return cls.from_model(engine.model, name, voices_dir)
+    def from_engine(cls, engine: Engine, name: str, voices_dir: str | os.PathLike[str] | None = None,
+                    aliases: dict[str, str] | None = None) -> ModelInfo:
+        return cls.from_model(engine.model, name, voices_dir, aliases)
 
     @classmethod
-    def from_model(cls, model: TTSModel, name: str, voices_dir: str | os.PathLike[str] | None = None) -> ModelInfo:
+    def from_model(cls, model: TTSModel, name: str, voices_dir: str | os.PathLike[str] | None = None,
+                   aliases: dict[str, str] | None = None) -> ModelInfo:
         """Blocking when `voices_dir` is given (reads the saved voices): call it off the event loop."""
         cfg = model.config
         kind, size = cfg.tts_model_type, cfg.tts_model_size
         root = Path(voices_dir) if voices_dir is not None else None
         entries = catalogue(model, VoiceRegistry(root) if root is not None else None)
         return cls(name=name, kind=kind, voices=[e.name for e in entries], languages=list(model.languages),
-                   instruct=honours_instruct(kind, size), entries=entries, size=size, voices_dir=root, model=model)
+                   instruct=honours_instruct(kind, size), entries=entries, size=size, voices_dir=root, model=model,
+                   alias_overrides=dict(aliases or {}))
 
     def reload(self) -> list[VoiceEntry]:
         """The catalogue as the voices directory holds it now (blocking: run it in a thread, then `adopt`)."""
         if self.voices_dir is None or self.model is None:
             return list(self.entries)
+        self._saved_aliases = saved_aliases(self.voices_dir)  # read here, off the loop; applied by adopt
         return catalogue(self.model, VoiceRegistry(self.voices_dir))
 
     def adopt(self, entries: list[VoiceEntry]) -> None:
         self.entries = entries
         self.voices = [e.name for e in entries]
+        self._build_aliases()
 
     def entry(self, name: str) -> VoiceEntry | None:
-        return find(self.entries, name)
+        """A voice by name, else by alias (a real voice of the same name wins)."""
+        found = find(self.entries, name)
+        if found is None and name.casefold() in self.aliases:
+            found = find(self.entries, self.aliases[name.casefold()])
+        return found
 
     @property
     def default_voice(self) -> VoiceEntry | None:
