@@ -73,34 +73,6 @@ class Resampler:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-class MicConverter:
-    """Any decoded av.AudioFrame (aiortc gives s16 stereo packed 48 kHz) -> int16 mono at `rate`.
-
-    swresample holds a few samples back, so its first output is short (304 of 320 samples for 20 ms at
-    48 -> 16 kHz). With `align` (the VAD frame size) that first output is left-padded with zeros to a whole
-    number of VAD frames: every later 20 ms packet then fills exactly one VAD frame, instead of each VAD
-    frame waiting ~19 ms for the next packet to complete it.
-    """
-
-    def __init__(self, rate: int, align: int = 0) -> None:
-        self.rate = rate
-        self.align = align
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-        self._started = False
-
-    def convert(self, frame: av.AudioFrame) -> np.ndarray:
-        out = self._resampler.resample(frame)
-        if not out:
-            return np.zeros(0, np.int16)
-        parts = [f.to_ndarray().reshape(-1)[:f.samples] for f in out]
-        pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if not self._started:
-            self._started = True
-            if self.align and len(pcm) % self.align:
-                pcm = np.concatenate([np.zeros(self.align - len(pcm) % self.align, np.int16), pcm])
-        return pcm
-
-
 def fade_out(pcm: np.ndarray) -> np.ndarray:
     """A linear ramp from full level to zero over the length of `pcm` (a new int16 array)."""
     n = len(pcm)

@@ -54,8 +54,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from agent.media.aiortc_patches import LowLatencyAudioBuffer, install_receive_buffer, use_host_addresses
-from agent.media.audio import WEBRTC_RATE, MicConverter, Resampler, audio_frame, fade_out
-from agent.media.vad import SPEECH_STARTED, VadSettings, VoiceActivityDetector
+from agent.media.audio import WEBRTC_RATE, Resampler, audio_frame, fade_out
+from agent.media.vad import SPEECH_STARTED, MicConverter, VadSettings, VoiceActivityDetector
 from agent.settings import RTP_FRAME_MS
 
 logger = logging.getLogger(__name__)
