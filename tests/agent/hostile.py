@@ -13,6 +13,7 @@ import contextlib
 import gc
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -116,3 +117,28 @@ async def raw_wyoming(port: int) -> AsyncIterator[RawWyoming]:
         conn.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+class WyomingThread:
+    """A WyomingService on a background thread with its own loop (like conftest.ServerThread), for sync tests."""
+
+    def __init__(self, engine: Any) -> None:
+        from agent.wyoming.handler import WyomingService, WyomingSettings
+
+        self.loop = asyncio.new_event_loop()
+        self.service = WyomingService(engine, WyomingSettings(uri="tcp://127.0.0.1:0"), model_name="tiny")
+        self._thread = threading.Thread(target=self.loop.run_forever, name="voicegate-test-wyoming", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(30)
+        assert self.service.port
+        self.port: int = self.service.port
+
+    def handlers(self) -> list[Any]:
+        async def get() -> list[Any]:
+            return list(self.service.server._handlers.values())
+        return asyncio.run_coroutine_threadsafe(get(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
