@@ -131,7 +131,7 @@ class WyomingHandler(AsyncEventHandler):
             await self._dispatch(event)
         except BadEvent as exc:  # a field missing or of the wrong type: say so, keep the connection
             await self._error("bad_event", str(exc))
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the client is gone: run() ends the connection
             raise
         except Exception:  # a bug: logged whole, the client told, the connection goes on
             log.exception("wyoming conn=%d %s failed", self.conn, event.type)

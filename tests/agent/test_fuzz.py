@@ -43,7 +43,7 @@ def fuzz_settings(examples: int, derandomize: bool) -> settings:
 
 
 # The default run, and the longer one (@pytest.mark.slow) with a fixed seed of its own.
-RUNS = [pytest.param((40, True), id="default"),
+RUNS = [pytest.param((80, True), id="default"),
         pytest.param((600, False), id="long", marks=pytest.mark.slow)]
 
 
