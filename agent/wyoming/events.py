@@ -13,6 +13,8 @@ from typing import Any
 
 from wyoming.tts import SynthesizeVoice
 
+from agent.text_input import clean_text
+
 MAX_NAME_CHARS = 256  # voice.name / speaker / language: far above any real one, small enough to echo in an error
 
 
@@ -59,5 +61,6 @@ def voice_of(data: dict[str, Any], event_type: str) -> SynthesizeVoice | None:
 
 
 def ping_text(data: dict[str, Any]) -> str | None:
-    """The optional `text` a `pong` copies back."""
-    return _optional_str(data, "text", "ping: ")
+    """The optional `text` a `pong` copies back, under the text rule: a lone surrogate cannot be sent as UTF-8."""
+    text = _optional_str(data, "text", "ping: ")
+    return None if text is None else clean_text(text)

@@ -60,7 +60,7 @@ def _length(header: dict[str, Any], key: str, limit: int) -> int:
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
-        raise FramingError(f"{key} must be an integer from 0 to {limit}, not {str(value)[:40]}")
+        raise FramingError(f"{key} must be an integer from 0 to {limit}, not {value!r:.40}")
     return value
 
 

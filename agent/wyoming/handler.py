@@ -155,7 +155,7 @@ class WyomingHandler(AsyncEventHandler):
         elif kind == "ping":
             await self.write_event(Pong(text=ping_text(data)).event())
         else:
-            log.debug("wyoming conn=%d ignored event %s", self.conn, kind)
+            log.debug("wyoming conn=%d ignored event %r", self.conn, kind)
 
     async def _start(self, voice: SynthesizeVoice | None) -> None:
         if self.open_flow is not None:

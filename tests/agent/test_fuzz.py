@@ -137,6 +137,19 @@ async def test_session_text_frame_that_is_not_utf8_closes_with_1007(server: Serv
     logs.assert_clean()
 
 
+async def test_session_id_with_a_lone_surrogate_is_echoed_and_the_connection_goes_on(server: ServerThread) -> None:
+    """Found by the fuzz: an `id` of "\\ud800" echoed in an error could not be encoded, and the connection died."""
+    with server_log() as logs:
+        async with session_client(server.ws_url) as (client, _):
+            await client.ws.send(json.dumps({"type": "text.flux", "id": "\ud800"}))
+            err = await client.expect("error")
+            assert (err["code"], err["id"]) == ("unknown_type", "\ud800")
+            await client.send(type="voices.list", id="\udfff")
+            assert (await client.expect("voices"))["id"] == "\udfff"
+            assert (await client.speak("Still here."))["type"] == "utterance.done"
+    logs.assert_clean()
+
+
 # ---- HTTP: OpenAI's speech endpoint and raw requests ------------------------------------------------------
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ", re.M)
 

@@ -131,6 +131,17 @@ async def test_frames_that_are_not_events_answer_bad_event(service: WyomingServi
     logs.assert_clean()
 
 
+async def test_a_ping_with_a_lone_surrogate_gets_a_pong(service: WyomingService) -> None:
+    """The pong copies the text under the text rule: a lone surrogate cannot be written as UTF-8."""
+    assert service.port
+    with watch_logs() as logs:
+        async with raw_wyoming(service.port) as conn:
+            await conn.send(frame("ping", {"text": "a\ud800b"}))
+            pong = await conn.read()
+            assert pong is not None and (pong.type, pong.data["text"]) == ("pong", "a\ufffdb")
+    logs.assert_clean()
+
+
 # Frames that cannot be followed: the connection closes, with one INFO line saying why.
 BROKEN_FRAMES = {
     "header not JSON": b"hello there\n",
