@@ -33,7 +33,7 @@ class LogWatch(logging.Handler):
     def bad(self) -> list[str]:
         """Records with a traceback or at ERROR and above, formatted for an assertion message."""
         gc.collect()  # "Task exception was never retrieved" is logged when the task is collected
-        return [f"{r.levelname} {r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "")
+        return [f"{r.levelname} {r.name}: {r.getMessage()}" + _exception(r)
                 for r in self.records if r.exc_info or r.levelno >= logging.ERROR]
 
     def messages(self, logger_prefix: str, level: int = logging.INFO) -> list[str]:
@@ -42,6 +42,17 @@ class LogWatch(logging.Handler):
     def assert_clean(self) -> None:
         bad = self.bad()
         assert not bad, "\n".join(bad)
+
+
+def _exception(record: logging.LogRecord) -> str:
+    if not record.exc_info or record.exc_info[1] is None:
+        return ""
+    exc = record.exc_info[1]
+    where = exc.__traceback__
+    while where is not None and where.tb_next is not None:
+        where = where.tb_next
+    line = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else ""
+    return f" (traceback: {type(exc).__name__}: {str(exc)[:200]}{line})"
 
 
 @contextlib.contextmanager
