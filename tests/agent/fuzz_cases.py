@@ -147,7 +147,8 @@ elevenlabs_messages = st.one_of(
     garbage_text,
     st.binary(max_size=64),
 )
-elevenlabs_sequences = st.lists(elevenlabs_messages, min_size=1, max_size=8)
+elevenlabs_sequences = st.lists(st.one_of(elevenlabs_messages, elevenlabs_messages, st.just(CLOSE)), min_size=1,
+                                max_size=8)
 
 # ---- Wyoming ------------------------------------------------------------------------------------------------
 WYOMING_TYPES = ["describe", "synthesize", "synthesize-start", "synthesize-chunk", "synthesize-stop", "ping",
