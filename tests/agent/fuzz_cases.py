@@ -34,6 +34,15 @@ ELEVENLABS_ERRORS = {"invalid_message", "message_too_large", "context_not_found"
 WYOMING_ERRORS = {"unknown_voice", "unknown_speaker", "unsupported_language", "invalid_voice", "no_stream",
                   "stream_open", "text_too_long", "bad_event", "engine_error"}
 
+MAX_FRAME_BYTES = 1024 * 1024  # the serve port's WebSocket frame limit (ServerSettings.max_frame_bytes)
+
+
+def too_big(sequence: list[Any]) -> bool:
+    """Whether a message of `sequence` is over the frame limit: the server closes with 1009 at once, and a client
+    still writing may see the connection reset before it reads the close frame."""
+    return any(isinstance(m, str | bytes) and len(m) > MAX_FRAME_BYTES for m in sequence)
+
+
 # ---- values ----------------------------------------------------------------------------------------------
 NASTY_STRINGS = ["", " ", "\ud800", "\udfff", "a\ud83d", "\x00", "\x1b[31mred", "\u202eevil", "\ufeff", "\x7f\x85",
                  "👋🏽", "你好", "\r\n", "\t", "x" * 5000, "null", "{}", "[]", "</script>", "%s%n", "ryan", "RYAN",
@@ -59,7 +68,7 @@ def deep(n: int) -> str:
 # Text frames that are not a well-formed message at all.
 garbage_text = st.one_of(st.sampled_from(["", "{", "}", "null", "[]", "1", '"x"', "NaN", '{"type": NaN}',
                                           deep(40), deep(100_000), '{"a": ' * 50 + "1" + "}" * 50,
-                                          "x" * 70_000]),
+                                          "x" * 70_000, "x" * (MAX_FRAME_BYTES + 1)]),
                          st.text(max_size=40), json_values.map(json.dumps))
 
 # ---- the session WebSocket (/v1/session) -----------------------------------------------------------------
