@@ -23,7 +23,8 @@ WS_CLOSE_CODES = {1000, 1007, 1008, 1009}
 # docs/openai.md, Errors
 OPENAI_CODES = {"invalid_json", "missing_required_parameter", "invalid_value", "string_above_max_length",
                 "unsupported_value", "invalid_api_key", "not_found", "method_not_allowed"}
-OPENAI_STATUSES = {200, 400, 401, 404, 405}
+OPENAI_STATUSES = {200, 400, 401, 404, 405, 413}
+OPENAI_UNCODED = {411, 413, 431}  # the HTTP layer's refusals: OpenAI-shaped, with no code
 # any request on the serve port: the API's statuses, the HTTP layer's refusals (docs/openai.md), and 426 for a
 # plain GET of a WebSocket endpoint
 HTTP_STATUSES = {200, 400, 401, 404, 405, 411, 413, 414, 426, 431}
