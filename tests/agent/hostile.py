@@ -39,6 +39,14 @@ class LogWatch(logging.Handler):
     def messages(self, logger_prefix: str, level: int = logging.INFO) -> list[str]:
         return [r.getMessage() for r in self.records if r.name.startswith(logger_prefix) and r.levelno == level]
 
+    async def lines(self, logger_prefix: str, containing: str, timeout: float = 10.0) -> list[str]:
+        """The INFO lines of `logger_prefix` holding `containing`, once there is one (a server logs after it
+        closed the connection: it may come a moment later)."""
+        async with asyncio.timeout(timeout):
+            while not (found := [m for m in self.messages(logger_prefix) if containing in m]):
+                await asyncio.sleep(0.01)
+        return found
+
     def assert_clean(self) -> None:
         bad = self.bad()
         assert not bad, "\n".join(bad)

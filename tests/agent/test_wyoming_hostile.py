@@ -175,8 +175,7 @@ async def test_broken_framing_closes_quietly(service: WyomingService, bad: str) 
             assert pong is not None and pong.type == "pong"
             await conn.send(BROKEN_FRAMES[bad])
             assert await conn.closed_by_server()
-        await asyncio.sleep(0.05)  # the handler's last log line
-        lines = [m for m in logs.messages("agent.wyoming") if "unreadable frame" in m]
+        lines = await logs.lines("agent.wyoming", "unreadable frame")
         assert len(lines) == 1, logs.messages("agent.wyoming")
         # the server goes on
         async with client(service) as c:
@@ -212,10 +211,9 @@ async def test_a_client_gone_mid_frame_closes_quietly(service: WyomingService, e
                 conn.writer.write_eof()
                 assert await conn.closed_by_server()
         await wait_engine_idle(engine)
-        await asyncio.sleep(0.05)
-        assert not any(h.flows for h in service.server._handlers.values())
-        lines = [m for m in logs.messages("agent.wyoming") if "disconnected" in m]
+        lines = await logs.lines("agent.wyoming", "disconnected")
         assert len(lines) == 1, lines
+        assert not any(h.flows for h in service.server._handlers.values())
         if how == "close":
             assert "unreadable frame: connection closed" in lines[0]
     logs.assert_clean()
