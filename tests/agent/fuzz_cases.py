@@ -25,9 +25,9 @@ OPENAI_CODES = {"invalid_json", "missing_required_parameter", "invalid_value", "
                 "unsupported_value", "invalid_api_key", "not_found", "method_not_allowed"}
 OPENAI_STATUSES = {200, 400, 401, 404, 405, 413}
 OPENAI_UNCODED = {411, 413, 431}  # the HTTP layer's refusals: OpenAI-shaped, with no code
-# any request on the serve port: the API's statuses, the HTTP layer's refusals (docs/openai.md), and 426 for a
-# plain GET of a WebSocket endpoint
-HTTP_STATUSES = {200, 400, 401, 404, 405, 411, 413, 414, 426, 431}
+# any request on the serve port: the API's statuses, the HTTP layer's refusals (docs/openai.md), 426 for a
+# plain GET of a WebSocket endpoint, and 100 Continue (an interim answer to `Expect: 100-continue`)
+HTTP_STATUSES = {100, 200, 400, 401, 404, 405, 411, 413, 414, 426, 431}
 # docs/elevenlabs.md, Errors
 ELEVENLABS_ERRORS = {"invalid_message", "message_too_large", "context_not_found", "context_closing",
                      "max_active_conversations", "text_limit", "invalid_api_key"}
