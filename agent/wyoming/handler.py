@@ -46,7 +46,7 @@ from wyoming.ping import Pong
 from wyoming.server import AsyncEventHandler, AsyncServer, AsyncTcpServer
 from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 
-from agent.media.frames import frames
+from agent.media.frames import StreamFailed, frames
 from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
 from agent.signals import wait_for_stop_signal
 from agent.text_input import clean_text
@@ -262,15 +262,15 @@ class WyomingHandler(AsyncEventHandler):
     async def _send_audio(self, flow: Flow, stream: Stream) -> None:
         fmt = {"rate": SAMPLE_RATE, "width": 2, "channels": 1}
         await self.write_event(AudioStart(timestamp=0, **fmt).event())
-        async for frame in frames(stream):
-            if flow.first_audio is None:
-                flow.first_audio = time.monotonic()
-            pcm = frame.pcm.astype("<i2", copy=False).tobytes()
-            await self.write_event(AudioChunk(audio=pcm, timestamp=frame.index * ENGINE_FRAME_MS, **fmt).event())
-            flow.frames += 1
-        end = stream.end
-        if end is not None and end.reason == "error":
-            await self._error("engine_error", f"synthesis failed: {end.error}")
+        try:
+            async for frame in frames(stream):
+                if flow.first_audio is None:
+                    flow.first_audio = time.monotonic()
+                pcm = frame.pcm.astype("<i2", copy=False).tobytes()
+                await self.write_event(AudioChunk(audio=pcm, timestamp=frame.index * ENGINE_FRAME_MS, **fmt).event())
+                flow.frames += 1
+        except StreamFailed as exc:  # the engine logged it; the client hears the end and, streaming, its stop
+            await self._error("engine_error", f"synthesis failed: {exc}")
         await self.write_event(AudioStop(timestamp=flow.frames * ENGINE_FRAME_MS).event())
 
     def _log_done(self, flow: Flow) -> None:

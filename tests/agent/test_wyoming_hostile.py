@@ -244,3 +244,42 @@ async def test_text_over_the_engine_limit_in_one_shot_takes_no_row(service: Wyom
         assert engine.scheduler.live_streams == 0
         await assert_usable(c)
 
+
+
+async def test_an_engine_failure_is_engine_error_and_the_stream_still_ends(tiny_checkpoint: Any) -> None:
+    """A stream the engine fails: `engine_error`, then audio-stop and synthesize-stopped (a client waiting for
+    the end, as Home Assistant does, is not left hanging); nothing of ours logs a traceback."""
+    from tts_engine import Engine, EngineSettings, load_model
+
+    engine = Engine(load_model(tiny_checkpoint("custom_voice"), device="cpu"), EngineSettings(max_streams=2))
+    step = engine.scheduler._step
+    failed = False
+
+    def failing_step() -> bool:  # one step fails while a stream is live (the engine fails its live streams)
+        nonlocal failed
+        if engine.scheduler.live_streams and not failed:
+            failed = True
+            raise RuntimeError("injected step failure")
+        return step()
+
+    engine.scheduler._step = failing_step  # type: ignore[method-assign]
+    svc = WyomingService(engine, WyomingSettings(uri="tcp://127.0.0.1:0"), model_name="tiny")
+    await svc.start()
+    try:
+        with watch_logs() as logs:
+            async with client(svc) as c:
+                await c.write_event(SynthesizeStart().event())
+                await c.write_event(Event("synthesize-chunk", {"text": "This one fails. "}))
+                await c.write_event(SynthesizeStop().event())
+                events = await read_until(c, "synthesize-stopped")
+                types = [e.type for e in events]
+                assert "error" in types and Error.from_event(events[types.index("error")]).code == "engine_error"
+                assert types[-2:] == ["audio-stop", "synthesize-stopped"]
+                # the connection and the engine go on
+                await c.write_event(Synthesize(text="Hi.").event())
+                assert "audio-chunk" in [e.type for e in await read_until(c, "audio-stop")]
+        assert failed
+        assert not [r for r in logs.records if r.name.startswith("agent.wyoming") and r.exc_info]
+    finally:
+        await svc.stop()
+        engine.close()
