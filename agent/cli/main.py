@@ -226,12 +226,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_wyoming(args: argparse.Namespace) -> int:
     try:
-        from agent.wyoming.handler import run_from_args
+        from agent.wyoming.handler import serve, settings_from_args
     except ImportError as exc:  # the `wyoming` package comes with the server extra
         print(f"error: voicegate wyoming needs the server extra (pip install 'voicegate[server]'): {exc}",
               file=sys.stderr)
         return 2
-    return run_from_args(args)
+    settings = settings_from_args(args)  # bad flags fail before the model loads
+    import torch
+
+    from agent.cli.engine_options import build_engine
+    from tts_engine import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    engine = build_engine(model, args.compile, max_streams=args.max_streams)
+    try:
+        return serve(engine, settings, args.model)
+    finally:
+        engine.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

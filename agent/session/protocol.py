@@ -226,4 +226,10 @@ def error_event(code: str, message: str, msg_id: str | None = None) -> dict[str,
 
 
 def encode(evt: dict[str, Any]) -> str:
-    return json.dumps(evt, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(evt, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate a client sent (an `id`) and we echo: JSON escapes are valid
+            text = json.dumps(evt, separators=(",", ":"))
+    return text

@@ -13,9 +13,16 @@ writes its audio; the reader never waits on audio, so a client that disconnects 
 streams are cancelled (the engine row is freed before the next step). Requests on one connection play in
 order; every connection shares the one engine, whose scheduler batches all their streams.
 
-Bad requests get a Wyoming `error` event {text, code} and the connection stays usable. A stream whose start
-was refused still answers its synthesize-stop with synthesize-stopped, so a client waiting for the end
-(as HA does) is not left hanging.
+Bad requests get a Wyoming `error` event {text, code} and the connection stays usable (fields are checked by
+agent.wyoming.events). A stream whose start was refused still answers its synthesize-stop with
+synthesize-stopped, so a client waiting for the end (as HA does) is not left hanging. A frame that cannot be
+read (agent.wyoming.framing) or a client gone mid-frame closes the connection with one INFO line. At most
+`MAX_FLOWS` requests of one connection are in flight: past that, the connection is not read until one ends
+(TCP backpressure), so a client that pipelines requests without reading cannot queue engine streams without
+bound.
+
+The engine comes ready from the caller (`voicegate wyoming` loads the model in agent.cli): this package
+imports neither torch nor the model code.
 """
 
 from __future__ import annotations
@@ -34,24 +41,19 @@ from typing import TYPE_CHECKING, Any
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
-from wyoming.info import Describe, Info
-from wyoming.ping import Ping, Pong
+from wyoming.info import Info
+from wyoming.ping import Pong
 from wyoming.server import AsyncEventHandler, AsyncServer, AsyncTcpServer
-from wyoming.tts import (
-    Synthesize,
-    SynthesizeChunk,
-    SynthesizeStart,
-    SynthesizeStop,
-    SynthesizeStopped,
-    SynthesizeVoice,
-)
+from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 
-from agent.media.frames import frames
+from agent.media.frames import StreamFailed, frames
 from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
 from agent.signals import wait_for_stop_signal
 from agent.text_input import clean_text
 from agent.voices.catalogue import ModelInfo, ResolvedVoice
 from agent.voices.errors import VoiceError
+from agent.wyoming.events import BadEvent, ping_text, text_of, voice_of
+from agent.wyoming.framing import FramingError, read_frame
 from agent.wyoming.info import resolve, tts_program
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "tcp://127.0.0.1:10200"  # 10200: the Wyoming TTS port convention
+MAX_FLOWS = 8  # requests of one connection in flight (HA sends one at a time)
 
 
 @dataclass
@@ -101,36 +104,65 @@ class WyomingHandler(AsyncEventHandler):
         log.info("wyoming conn=%d connected", self.conn)
 
     # ---- events --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Read frames until the client leaves (the library's loop, with our reader: see agent.wyoming.framing)."""
+        self._is_running = True
+        reason = "client closed"
+        try:
+            while self._is_running:
+                try:
+                    event = await read_frame(self.reader)
+                except BadEvent as exc:
+                    await self._error("bad_event", str(exc))
+                    continue
+                if event is None:
+                    break
+                await self.handle_event(event)
+        except FramingError as exc:
+            reason = f"unreadable frame: {exc}"
+        except ConnectionError as exc:  # an answer could not be written: the client is gone
+            reason = f"write failed: {exc}"
+        finally:
+            await self.disconnect(reason)
+            self.writer.close()
+
     async def handle_event(self, event: Event) -> bool:
         try:
             await self._dispatch(event)
-        except (KeyError, TypeError) as exc:  # a field missing or of the wrong type: say so, keep the connection
-            await self._error("bad_event", f"malformed {event.type} event: {exc!r}")
+        except BadEvent as exc:  # a field missing or of the wrong type: say so, keep the connection
+            await self._error("bad_event", str(exc))
+        except ConnectionError:  # the client is gone: run() ends the connection
+            raise
+        except Exception:  # a bug: logged whole, the client told, the connection goes on
+            log.exception("wyoming conn=%d %s failed", self.conn, event.type)
+            await self._error("internal_error", f"{event.type} failed inside the server")
         return True
 
     async def _dispatch(self, event: Event) -> None:
-        if Describe.is_type(event.type):
+        kind, data = event.type, event.data
+        if kind == "describe":
             await self.service.refresh()
             await self.write_event(self.service.info_event())
-        elif SynthesizeStart.is_type(event.type):
-            await self._start(SynthesizeStart.from_event(event))
-        elif SynthesizeChunk.is_type(event.type):
-            await self._chunk(SynthesizeChunk.from_event(event).text)
-        elif SynthesizeStop.is_type(event.type):
+        elif kind == "synthesize-start":
+            await self._start(voice_of(data, kind))
+        elif kind == "synthesize-chunk":
+            await self._chunk(text_of(data, kind))
+        elif kind == "synthesize-stop":
             await self._stop()
-        elif Synthesize.is_type(event.type):
+        elif kind == "synthesize":
             if self.open_flow is None:  # inside a stream it is HA's compatibility copy: ignored
-                await self._one_shot(Synthesize.from_event(event))
-        elif Ping.is_type(event.type):
-            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+                await self._one_shot(text_of(data, kind), voice_of(data, kind))
+        elif kind == "ping":
+            await self.write_event(Pong(text=ping_text(data)).event())
         else:
-            log.debug("wyoming conn=%d ignored event %s", self.conn, event.type)
+            log.debug("wyoming conn=%d ignored event %r", self.conn, kind)
 
-    async def _start(self, start: SynthesizeStart) -> None:
+    async def _start(self, voice: SynthesizeVoice | None) -> None:
         if self.open_flow is not None:
             await self._error("stream_open", "synthesize-start while a stream is open: send synthesize-stop first")
             return
-        stream = await self._open(start.voice)
+        await self._wait_for_room()
+        stream = await self._open(voice)
         self.open_flow = self._launch(stream, streaming=True)
 
     async def _chunk(self, text: str) -> None:
@@ -160,30 +192,37 @@ class WyomingHandler(AsyncEventHandler):
             flow.stream.finish()
         flow.stopped.set()
 
-    async def _one_shot(self, request: Synthesize) -> None:
-        if not isinstance(request.text, str):  # checked before a stream exists (bad_event, nothing leaks)
-            raise TypeError(f"text must be a string, not {type(request.text).__name__}")
-        stream = await self._open(request.voice)
+    async def _one_shot(self, text: str, voice: SynthesizeVoice | None) -> None:
+        await self._wait_for_room()
+        stream = await self._open(voice, clean_text(text))
         if stream is None:
             return
-        try:
-            stream.push_text(clean_text(request.text))
-        except ValueError as exc:
-            stream.cancel()
-            await self._error("text_too_long", str(exc))
-            return
-        stream.finish()
         flow = self._launch(stream, streaming=False)
         flow.first_text = flow.started
         flow.stopped.set()
 
-    async def _open(self, requested: SynthesizeVoice | None) -> Stream | None:
-        """A new engine stream for a Wyoming `voice` (None, after an error event, when it cannot be had)."""
+    async def _wait_for_room(self) -> None:
+        """Backpressure: with MAX_FLOWS requests in flight, read nothing more until the oldest ends. Only called
+        with no open stream, so every flow waited on has all its text and ends by itself."""
+        while len(self.flows) >= MAX_FLOWS:
+            oldest = self.flows[0].task
+            assert oldest is not None
+            await asyncio.wait([oldest])
+
+    async def _open(self, requested: SynthesizeVoice | None, text: str | None = None) -> Stream | None:
+        """A new engine stream for a Wyoming `voice`, holding the whole `text` of a one-shot request (None, after
+        an error event, when it cannot be had; the engine takes no row for a refused one)."""
         try:
             voice = self.service.resolve(requested)
-            return self.service.open_stream(voice)
         except VoiceError as exc:
             await self._error(exc.code, str(exc))
+            return None
+        if text is not None and len(text) > self.service.engine.settings.max_text_chars:
+            await self._error("text_too_long", f"utterance text over {self.service.engine.settings.max_text_chars} "
+                                               "characters")
+            return None
+        try:
+            return self.service.open_stream(voice, text)
         except ValueError as exc:  # the engine refused the voice
             await self._error("invalid_voice", str(exc))
         return None
@@ -223,15 +262,15 @@ class WyomingHandler(AsyncEventHandler):
     async def _send_audio(self, flow: Flow, stream: Stream) -> None:
         fmt = {"rate": SAMPLE_RATE, "width": 2, "channels": 1}
         await self.write_event(AudioStart(timestamp=0, **fmt).event())
-        async for frame in frames(stream):
-            if flow.first_audio is None:
-                flow.first_audio = time.monotonic()
-            pcm = frame.pcm.astype("<i2", copy=False).tobytes()
-            await self.write_event(AudioChunk(audio=pcm, timestamp=frame.index * ENGINE_FRAME_MS, **fmt).event())
-            flow.frames += 1
-        end = stream.end
-        if end is not None and end.reason == "error":
-            await self._error("engine_error", f"synthesis failed: {end.error}")
+        try:
+            async for frame in frames(stream):
+                if flow.first_audio is None:
+                    flow.first_audio = time.monotonic()
+                pcm = frame.pcm.astype("<i2", copy=False).tobytes()
+                await self.write_event(AudioChunk(audio=pcm, timestamp=frame.index * ENGINE_FRAME_MS, **fmt).event())
+                flow.frames += 1
+        except StreamFailed as exc:  # the engine logged it; the client hears the end and, streaming, its stop
+            await self._error("engine_error", f"synthesis failed: {exc}")
         await self.write_event(AudioStop(timestamp=flow.frames * ENGINE_FRAME_MS).event())
 
     def _log_done(self, flow: Flow) -> None:
@@ -241,7 +280,7 @@ class WyomingHandler(AsyncEventHandler):
         log.info("wyoming conn=%d flow=%d done streaming=%s frames=%d end=%s first_audio_ms=%s", self.conn,
                  flow.id, flow.streaming, flow.frames, end.reason if end else "refused", first)
 
-    async def disconnect(self) -> None:
+    async def disconnect(self, reason: str = "client closed") -> None:
         """The client is gone: cancel every stream now (engine rows freed before the next step)."""
         tasks = [f.task for f in self.flows if f.task is not None]
         for flow in list(self.flows):
@@ -251,7 +290,7 @@ class WyomingHandler(AsyncEventHandler):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-        log.info("wyoming conn=%d disconnected", self.conn)
+        log.info("wyoming conn=%d disconnected: %s", self.conn, reason)
 
 
 class WyomingService:
@@ -284,8 +323,11 @@ class WyomingService:
         s = self.settings
         return resolve(self.info, requested, s.voice, s.language, s.instruct)
 
-    def open_stream(self, voice: ResolvedVoice) -> Stream:
-        return self.engine.open_stream(**voice.stream_args, greedy=self.settings.greedy, seed=self.settings.seed)
+    def open_stream(self, voice: ResolvedVoice, text: str | None = None) -> Stream:
+        """An engine stream for a resolved voice; `text`: a one-shot request's whole text (the engine refuses text
+        it cannot take before it takes a row)."""
+        s = self.settings
+        return self.engine.open_stream(**voice.stream_args, greedy=s.greedy, seed=s.seed, text=text)
 
     async def refresh(self) -> None:
         """Voices added or removed while serving (`voicegate voices add|remove`) show up in the next info."""
@@ -345,37 +387,29 @@ class WyomingService:
             await self.stop()
 
 
-# ---- CLI (flags: agent/cli.py) ----------------------------------------------------------------------
-def run_from_args(args: argparse.Namespace) -> int:
-    """`voicegate wyoming`: load the model, start one engine, serve until SIGINT/SIGTERM."""
+# ---- CLI (flags and model loading: agent.cli.main) ------------------------------------------------------
+def settings_from_args(args: argparse.Namespace) -> WyomingSettings:
+    """`voicegate wyoming`'s flags, checked before any model is loaded (ValueError with a clear message)."""
     if args.zeroconf and not args.uri.startswith("tcp://"):
         raise ValueError("--zeroconf needs a tcp:// URI")
     if not args.uri.startswith(("tcp://", "unix://")):
         raise ValueError(f"--uri must be tcp://HOST:PORT or unix://PATH, not {args.uri!r}")
-    logging.getLogger("zeroconf").setLevel(logging.WARNING)
-    import torch
-
-    from agent.cli.engine_options import build_engine
-    from tts_engine import load_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from agent.voices.store import default_voices_dir
 
-    settings = WyomingSettings(uri=args.uri, voice=args.voice, language=args.language, instruct=args.instruct,
-                               seed=args.seed, greedy=args.greedy, zeroconf_name=args.zeroconf,
-                               voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir())
-    model = load_model(args.model, device=args.device, precision=args.precision)
-    engine = build_engine(model, args.compile, max_streams=args.max_streams)
-    try:
-        service = WyomingService(engine, settings, model_name=args.model)
+    return WyomingSettings(uri=args.uri, voice=args.voice, language=args.language, instruct=args.instruct,
+                           seed=args.seed, greedy=args.greedy, zeroconf_name=args.zeroconf,
+                           voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir())
 
-        def started(svc: WyomingService) -> None:
-            print(f"voicegate: Wyoming TTS for {args.model} on {svc.uri} ({len(svc.info.voices)} voices)",
-                  file=sys.stderr, flush=True)
 
-        asyncio.run(service.run(on_started=started))
-    finally:
-        engine.close()
+def serve(engine: Engine, settings: WyomingSettings, model_name: str) -> int:
+    """Serve `engine` until SIGINT/SIGTERM (the caller closes the engine)."""
+    logging.getLogger("zeroconf").setLevel(logging.WARNING)
+    service = WyomingService(engine, settings, model_name=model_name)
+
+    def started(svc: WyomingService) -> None:
+        print(f"voicegate: Wyoming TTS for {model_name} on {svc.uri} ({len(svc.info.voices)} voices)",
+              file=sys.stderr, flush=True)
+
+    asyncio.run(service.run(on_started=started))
     print("voicegate: stopped", file=sys.stderr)
     return 0
