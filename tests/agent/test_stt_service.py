@@ -21,6 +21,7 @@ from agent.speech_in.recognizer import (
     parse_stt,
 )
 from agent.speech_in.service import RecognizerService, ServiceSettings
+from agent.speech_in.transcriber import TranscriberSettings, UserTranscriber
 
 
 class Gated:
@@ -186,3 +187,22 @@ def test_missing_model_or_package_is_stt_unavailable(tmp_path, monkeypatch: pyte
     with pytest.raises(SttError) as err:
         load_recognizer(SttChoice("faster-whisper", str(tmp_path)))
     assert err.value.code == STT_UNAVAILABLE and "not installed" in err.value.message
+
+
+async def test_transcriber_reports_stt_busy_when_its_queue_is_full() -> None:
+    backend = Gated()
+    backend.gate.set()
+    service = RecognizerService(backend)
+    events: list[dict] = []
+    transcriber = UserTranscriber(service, events.append, TranscriberSettings(partial_every_ms=0, max_jobs=1))
+    # two turns pushed in one tick: the first final fills the session's queue of 1, the second is refused
+    for i, speech in enumerate(([True] * 10 + [False] * 25) * 2):
+        transcriber.push(np.full(320, i + 1, np.int16), speech)
+    assert events == [{"type": "error", "code": STT_BUSY, "turn_id": "turn_2",
+                       "message": "too many turns waiting for the recognizer"}]
+    async with asyncio.timeout(10):
+        while len(events) < 2:
+            await asyncio.sleep(0.01)
+    assert events[1]["type"] == "user.transcript" and events[1]["turn_id"] == "turn_1" and events[1]["text"] == "1"
+    await transcriber.close()
+    await service.close()
