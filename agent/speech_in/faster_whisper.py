@@ -1,7 +1,8 @@
 """The faster-whisper backend (CTranslate2): int8 on a CPU, float16 on CUDA, local model files only.
 
 CTranslate2 releases the GIL while it decodes, so the service's worker thread leaves the event loop free.
-Partials decode greedily without timestamps; finals use `beam_size` and, if asked, word timings.
+Partials decode greedily; finals use `beam_size` and, if asked, word timings. A turn is at most 30 s (one
+Whisper window), so segment timestamps are not decoded unless word timings are asked for.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class FasterWhisperRecognizer:
             audio, language=language, beam_size=1 if partial else s.beam_size,
             # each turn stands alone: no prompt from earlier windows, no temperature fallback on partials
             condition_on_previous_text=False, temperature=0.0 if partial else [0.0, 0.2, 0.4],
-            without_timestamps=partial, word_timestamps=words, no_speech_threshold=s.no_speech_threshold,
+            without_timestamps=not words, word_timestamps=words, no_speech_threshold=s.no_speech_threshold,
             vad_filter=False)
         texts: list[str] = []
         found: list[Word] = []

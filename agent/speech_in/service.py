@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ class ServiceStats:
     partials_dropped: int = 0  # pushed out of a full queue, or skipped on arrival
     finals_refused: int = 0  # stt_busy
     cancelled: int = 0
+    decode_s: float = 0.0  # time spent in the backend, all requests together
 
 
 class _Job:
@@ -171,6 +173,7 @@ class RecognizerService:
                 continue
             result: Transcript | None = None
             error: BaseException | None = None
+            began = time.perf_counter()
             try:
                 result = self.recognizer.transcribe(job.pcm, job.language, partial=job.partial)
                 self.stats.done += 1
@@ -178,5 +181,6 @@ class RecognizerService:
                 logger.exception("speech recognizer failed")
                 self.stats.failed += 1
                 error = SttError(STT_FAILED, f"{type(exc).__name__}: {exc}")
+            self.stats.decode_s += time.perf_counter() - began
             with contextlib.suppress(RuntimeError):  # RuntimeError: the caller's loop is gone
                 job.loop.call_soon_threadsafe(_settle, job.future, result, error)

@@ -206,3 +206,24 @@ async def test_transcriber_reports_stt_busy_when_its_queue_is_full() -> None:
     assert events[1]["type"] == "user.transcript" and events[1]["turn_id"] == "turn_1" and events[1]["text"] == "1"
     await transcriber.close()
     await service.close()
+
+
+async def test_closing_a_transcriber_cancels_its_waiting_request() -> None:
+    """A session that closes takes its turn out of the shared queue; other sessions' requests stay."""
+    backend = Gated()
+    service = RecognizerService(backend)
+    other = asyncio.create_task(service.transcribe(req(1)))  # another session's turn holds the worker
+    await until(backend.entered)
+    events: list[dict] = []
+    transcriber = UserTranscriber(service, events.append, TranscriberSettings(partial_every_ms=0))
+    for i, speech in enumerate([True] * 10 + [False] * 25):
+        transcriber.push(np.full(320, 100 + i, np.int16), speech)
+    async with asyncio.timeout(10):
+        while service.pending == 0:  # its task has sent the final to the service
+            await asyncio.sleep(0.01)
+    await transcriber.close()
+    assert service.pending == 0 and service.stats.cancelled == 1
+    backend.gate.set()
+    assert (await other).text == "1"
+    assert backend.seen == [(1, False)] and events == []
+    await service.close()
