@@ -96,8 +96,14 @@ class UserTranscriber:
         elif isinstance(event, TurnEnded):
             self._parts = []
             if not self._put(event):
-                self.on_event({"type": "error", "code": STT_BUSY, "turn_id": event.turn_id,
-                               "message": "too many turns waiting for the recognizer"})
+                self._emit({"type": "error", "code": STT_BUSY, "turn_id": event.turn_id,
+                            "message": "too many turns waiting for the recognizer"})
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        try:
+            self.on_event(event)
+        except Exception:  # a failing consumer must not end recognition for the session
+            logger.exception("on_event callback failed")
 
     def _put(self, job: _Partial | TurnEnded) -> bool:
         if self._task is None:
@@ -119,15 +125,15 @@ class UserTranscriber:
                 with contextlib.suppress(SttError):  # a partial that fails or finds no room is just skipped
                     partial = await self.service.partial(job.pcm, language)
                     if partial is not None:  # even if the turn has ended: its final comes next
-                        self.on_event({"type": "user.transcript.delta", "turn_id": job.turn_id,
-                                       "text": partial.text})
+                        self._emit({"type": "user.transcript.delta", "turn_id": job.turn_id,
+                                    "text": partial.text})
                 continue
             try:
                 final = await self.service.transcribe(job.pcm, language)
             except SttError as exc:
-                self.on_event({"type": "error", "code": exc.code, "turn_id": job.turn_id, "message": exc.message})
+                self._emit({"type": "error", "code": exc.code, "turn_id": job.turn_id, "message": exc.message})
                 continue
-            self.on_event(final_event(job, final))
+            self._emit(final_event(job, final))
 
 
 def final_event(turn: TurnEnded, transcript: Transcript) -> dict[str, Any]:

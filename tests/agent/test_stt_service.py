@@ -227,3 +227,25 @@ async def test_closing_a_transcriber_cancels_its_waiting_request() -> None:
     assert (await other).text == "1"
     assert backend.seen == [(1, False)] and events == []
     await service.close()
+
+
+async def test_a_failing_event_consumer_does_not_stop_recognition() -> None:
+    backend = Gated()
+    backend.gate.set()
+    service = RecognizerService(backend)
+    seen: list[dict] = []
+
+    def on_event(event: dict) -> None:
+        seen.append(event)
+        if len(seen) == 1:
+            raise RuntimeError("consumer bug")
+
+    transcriber = UserTranscriber(service, on_event, TranscriberSettings(partial_every_ms=0))
+    for i, speech in enumerate(([True] * 10 + [False] * 25) * 2):
+        transcriber.push(np.full(320, i + 1, np.int16), speech)
+    async with asyncio.timeout(10):
+        while len(seen) < 2:
+            await asyncio.sleep(0.01)
+    assert [(e["type"], e["turn_id"]) for e in seen] == [("user.transcript", "turn_1"), ("user.transcript", "turn_2")]
+    await transcriber.close()
+    await service.close()
