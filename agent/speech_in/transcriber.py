@@ -3,8 +3,9 @@
 `push(frame, speech, t)` is synchronous (called on the event loop for every VAD frame) and returns the
 TurnCutter's events, so the session can act on turn boundaries itself (e.g. send the raw PCM). Recognition
 runs through one task per transcriber, which takes jobs from a bounded queue in order, so a turn's partials
-always come before its final. At most one partial per transcriber waits or runs at a time; when the queue
-is full a partial is skipped and a final is reported as `stt_busy`.
+always come before its final. At most one partial per transcriber waits or runs at a time, and one is only
+started on a speech frame (in a pause the turn may be about to end, and its final would wait behind it);
+when the queue is full a partial is skipped and a final is reported as `stt_busy`.
 
 Events passed to `on_event` (dicts, ready for the session protocol):
   {"type": "user.transcript.delta", "turn_id", "text"}   the whole hypothesis so far (it replaces the previous
@@ -65,14 +66,14 @@ class UserTranscriber:
         """One VAD frame and its speech flag (on the event loop)."""
         events = self.cutter.push(frame, speech, t)
         for event in events:
-            self._on_turn_event(event)
+            self._on_turn_event(event, speech)
         return events
 
     def end(self, t: float | None = None) -> list[TurnEvent]:
         """The mic closed: the open turn ends now and is transcribed."""
         events = self.cutter.flush(t)
         for event in events:
-            self._on_turn_event(event)
+            self._on_turn_event(event, False)
         return events
 
     async def close(self) -> None:
@@ -82,7 +83,7 @@ class UserTranscriber:
             await asyncio.wait([self._task])
             self._task = None
 
-    def _on_turn_event(self, event: TurnEvent) -> None:
+    def _on_turn_event(self, event: TurnEvent, speech: bool) -> None:
         rate = self.settings.turns.sample_rate
         if isinstance(event, TurnStarted):
             self._parts, self._since_partial = [], 0
@@ -90,7 +91,8 @@ class UserTranscriber:
             self._parts.append(event.pcm)
             self._since_partial += len(event.pcm)
             every = self.settings.partial_every_ms * rate // 1000
-            due = every and self._since_partial >= every and not self._partial_queued
+            # not in a pause: the turn may be about to end, and its final would wait behind this decode
+            due = speech and every and self._since_partial >= every and not self._partial_queued
             if due and self._put(_Partial(event.turn_id, np.concatenate(self._parts))):
                 self._since_partial, self._partial_queued = 0, True
         elif isinstance(event, TurnEnded):
