@@ -97,7 +97,7 @@ class Server:
         self.sessions: dict[str, Session] = {}
         self.tokenizer = self._load_tokenizer()
         self._lower_engine_priority()
-        self.static_dir = self.settings.static_dir or Path(__file__).resolve().parent.parent / "web_client"
+        self.static_dir = self.settings.static_dir or Path(__file__).resolve().parents[2] / "web_client"
         self.started = time.time()
         self.shutting_down = False
         self._ws: WsServer | None = None
