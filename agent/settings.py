@@ -66,6 +66,9 @@ class ServerSettings:
     shutdown_grace_s: float = 5.0  # on SIGINT/SIGTERM: time left for in-flight utterances to finish
     static_dir: Path | None = None  # the page at "/" (default: the installed web_client package)
     voices_dir: Path | None = None  # saved voices next to the presets (None: presets only; CLI: default dir)
+    # browser origins allowed to call the HTTP APIs cross-origin (CORS), e.g. "https://app.example"; "*" for any.
+    # Empty: no CORS headers (same-origin pages and non-browser clients only)
+    cors_origins: tuple[str, ...] = ()
     session: SessionSettings = field(default_factory=SessionSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
 

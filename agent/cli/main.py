@@ -188,12 +188,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               shutdown_grace_s=args.shutdown_grace, engine_nice=args.engine_nice,
                               static_dir=Path(args.static_dir) if args.static_dir else None,
                               voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
+                              cors_origins=tuple(args.cors_origin or ()),
                               session=SessionSettings(max_utterance_chars=args.max_utterance_chars,
                                                       audio_lead_ms=args.audio_lead_ms,
                                                       start_buffer_ms=args.start_buffer_ms,
                                                       echo_guard_ms=args.echo_guard_ms))
     settings.check_exposure()  # before loading a model: refuse an open port without a key at once
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is too chatty
+    logging.getLogger("agent.server.websocket").setLevel(logging.WARNING)  # one line per connection is too chatty
     import torch
 
     from agent.cli.engine_options import build_engine
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--engine-nice", type=int, default=5,
                     help="nice value of the engine thread, so that paced audio and barge-in win the CPU (0: off)")
     sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")
+    sv.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                    help="a browser origin allowed to call the HTTP APIs cross-origin, e.g. https://app.example "
+                         "(repeatable; '*' for any; default: none)")
     sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_voices_dir(sv)
     sv.set_defaults(func=cmd_serve)
