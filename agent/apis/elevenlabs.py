@@ -136,9 +136,9 @@ class ElevenLabsSocket:
             # close_socket, or the end of a stream-input: the audio first, then the close
             await asyncio.gather(*(c.task for c in self.contexts.values() if c.task is not None),
                                  return_exceptions=True)
-            await self._close(1000, "done")
+            await self._close_socket(1000, "done")
         except asyncio.CancelledError:  # the server is shutting down
-            await self._close(CLOSE_GOING_AWAY, "server shutting down")
+            await self._close_socket(CLOSE_GOING_AWAY, "server shutting down")
             raise
         except SocketGone:
             pass
@@ -165,7 +165,7 @@ class ElevenLabsSocket:
         if not self.authed:
             await self._error("invalid_api_key", "missing or wrong API key (xi-api-key header, ?xi_api_key=, "
                                                  "or the init message's xi_api_key)")
-            await self._close(CLOSE_POLICY, "unauthorized")
+            await self._close_socket(CLOSE_POLICY, "unauthorized")
             self.closing = True
             return None
         text, cid = msg.get("text"), msg.get("context_id", msg.get("contextId"))
@@ -232,7 +232,7 @@ class ElevenLabsSocket:
         except (WebSocketDisconnect, WebSocketDisconnected):
             raise SocketGone from None
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close_socket(self, code: int, reason: str) -> None:
         with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):  # closed already
             await self.ws.close(code, reason)
 

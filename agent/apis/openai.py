@@ -104,16 +104,18 @@ class OpenAIApi:
 
     @staticmethod
     async def _body(request: Request) -> bytes:
+        too_large = ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large",
+                             headers={"Connection": "close"})  # the rest of the body is not read
         declared = request.headers.get("content-length")  # digits only: the HTTP parser checked it
         if declared is not None and int(declared) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+            raise too_large
         body = bytearray()
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > MAX_BODY_BYTES:
-                        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+                        raise too_large
         except TimeoutError:
             raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
                            code="request_timeout", headers={"Connection": "close"}) from None
