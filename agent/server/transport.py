@@ -47,6 +47,7 @@ class _HttpProtocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.logger = logging.getLogger("agent.server.http")
+        self.access_log = False  # one line per request is too chatty (uvicorn's own switch follows its logger)
         self._head_deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # received since the last request began (431 when too many for one head)
 
