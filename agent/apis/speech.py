@@ -63,6 +63,7 @@ class SpeechResponse(Response):
         self.ctx, self.req, self.voice, self.segments = ctx, req, voice, segments
         self.on_error = on_error  # the error response (and its metrics) of a refused first stream
         self.frames = 0
+        self.background = None  # Response's field: nothing runs after the body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -139,7 +139,6 @@ class Server:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.host, s.port))
-        sock.set_inheritable(True)
         self._socket = sock
         config = self._uvicorn.config
         config.load()

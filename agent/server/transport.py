@@ -102,10 +102,14 @@ class _WebSocketProtocol(WebSocketsSansIOProtocol):
         self.logger = logging.getLogger("agent.server.websocket")
 
     def send_receive_event_to_app(self) -> None:
-        super().send_receive_event_to_app()  # pauses reading at once; `receive` resumes it when drained
-        if self.read_paused and self.queue.qsize() < self.settings.max_incoming_queue:
-            self.read_paused = False
-            self.transport.resume_reading()
+        # uvicorn pauses reading after every message (`receive` resumes it once the queue is drained): here it
+        # pauses only when `max_incoming_queue` messages wait, which also spares two syscalls per message
+        paused, self.read_paused = self.read_paused, True
+        super().send_receive_event_to_app()
+        self.read_paused = paused
+        if not paused and self.queue.qsize() >= self.settings.max_incoming_queue:
+            self.read_paused = True
+            self.transport.pause_reading()
 
 
 def uvicorn_config(app: Any, settings: ServerSettings) -> Config:

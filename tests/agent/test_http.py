@@ -303,3 +303,16 @@ def test_shutdown_cuts_a_streamed_answer_and_its_engine_stream(start_server) -> 
             got += chunk
     assert not got.endswith(b"0\r\n\r\n")  # cut: no final chunk
     assert wait_no_streams(srv.engine) == 0
+
+
+def test_the_page_and_its_files_are_the_web_client(server: ServerThread) -> None:
+    peer = Peer(server)
+    try:
+        status, _, page = peer.request("GET", "/")
+        assert status == 200 and b'src="app.js"' in page  # the bundled page, not the placeholder
+        status, headers, script = peer.request("GET", "/app.js")
+        assert status == 200 and headers["content-type"].startswith("text/javascript") and len(script) > 0
+        status, _, _ = peer.request("GET", "/__init__.py")  # a file of the folder, not of the page
+        assert status == 404
+    finally:
+        peer.close()
