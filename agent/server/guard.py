@@ -2,7 +2,8 @@
 
 h11 parses a request whose head arrived whole however large it is, accepts control bytes other than NUL and
 whitespace in header values, and lets Transfer-Encoding override a Content-Length. Each of these is refused
-here with a status and a short text, and the connection closes after the answer:
+here with a status and a short text (a WebSocket handshake too, instead of the upgrade), and the connection
+closes after the answer:
 - a head over `MAX_HEAD_BYTES` -> 431 (an unfinished one is refused by the parser itself, agent.server.transport);
 - a control character in a header value (RFC 9110 5.5) -> 400;
 - both Transfer-Encoding and Content-Length (RFC 9112 6.3: a smuggling attempt) -> 400.
@@ -14,6 +15,7 @@ import re
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from agent.server.transport import MAX_HEAD_BYTES
 
@@ -39,8 +41,13 @@ class HeaderGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (refused := refusal(scope)) is not None:
-            status, reason = refused
-            await PlainTextResponse(reason + "\n", status, headers={"Connection": "close"})(scope, receive, send)
+        refused = refusal(scope) if scope["type"] in ("http", "websocket") else None
+        if refused is None:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        status, reason = refused
+        answer = PlainTextResponse(reason + "\n", status, headers={"Connection": "close"})
+        if scope["type"] == "websocket":  # instead of the upgrade (websockets checked the rest of the handshake)
+            await WebSocket(scope, receive, send).send_denial_response(answer)
+        else:
+            await answer(scope, receive, send)

@@ -9,8 +9,8 @@ Three settings that uvicorn does not expose are applied per connection, by small
 - the request head must arrive within `HEAD_TIMEOUT_S` of the connection (or of the previous response);
 - `write_limit` (the transport's high-water mark: sends wait above it) and `socket_send_buffer` (SO_SNDBUF);
 - `max_incoming_queue`: WebSocket messages read ahead before reading pauses (TCP backpressure).
-An unfinished head over `MAX_HEAD_BYTES` is answered 431 (uvicorn says 400 to every parse error; a complete
-one that large is refused by agent.server.guard); log records go to our logger names.
+A head over `MAX_HEAD_BYTES` that h11 refuses (unfinished, or bad) is answered 431 where uvicorn says 400 to
+every parse error (a good one that large is refused by agent.server.guard); log records go to our logger names.
 """
 
 from __future__ import annotations

@@ -286,6 +286,10 @@ def test_a_websocket_handshake_on_an_unknown_path_is_404(server: ServerThread) -
     got = raw(server, b"GET /v1/session HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
               b"Sec-WebSocket-Version: 13\r\n\r\n")  # no key: websockets refuses the handshake itself
     assert status_of(got) == 400
+    got = raw(server, b"GET /v1/session HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(20)) + b"\r\n")
+    assert status_of(got) == 431
     still_answers(server)
 
 
