@@ -44,6 +44,7 @@ class ApiSettings:
     seed: int = 0  # sampling seed of every API stream: the same text and voice give the same audio
     max_contexts: int = 5  # ElevenLabs multi-stream-input: open contexts per socket (ElevenLabs' own limit)
     max_message_bytes: int = 64 * 1024  # one ElevenLabs text message; more -> error, socket lives on
+    max_queued_utterances: int = 8  # ElevenLabs: flushed utterances waiting per context; more -> queue_full
 
 
 @dataclass
@@ -67,6 +68,10 @@ class ServerSettings:
     shutdown_grace_s: float = 5.0  # on SIGINT/SIGTERM: time left for in-flight utterances to finish
     static_dir: Path | None = None  # the page at "/" (default: the installed web_client package)
     voices_dir: Path | None = None  # saved voices next to the presets (None: presets only; CLI: default dir)
+    # browser origins allowed to call the HTTP APIs cross-origin (CORS), e.g. "https://app.example"; "*" for any.
+    # Empty: no CORS headers (same-origin pages and non-browser clients only)
+    cors_origins: tuple[str, ...] = ()
+    voice_aliases: dict[str, str] = field(default_factory=dict)  # alias -> voice (agent.voices.aliases)
     session: SessionSettings = field(default_factory=SessionSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
 

@@ -8,7 +8,8 @@ The server (the real `agent.server.app.Server`) runs in this process on its own 
 this thread's event loop. Each measure is `--runs` utterances of the same text and voice, after a warm-up:
 
 - openai_speech_{pcm,mp3}: POST /v1/audio/speech with the whole input (the official `openai` SDK's
-  streaming response) -> its first body bytes; `full_ms`: the last byte.
+  streaming response) -> its first body bytes; `full_ms`: the last byte. `openai_speech_pcm_speed_1.5`: the
+  same with `speed` 1.5 (the time-stretch's cost, side by side with `openai_speech_pcm`).
 - elevenlabs_tokens: an open multi-stream-input socket; the text goes in word by word at `--tokens-per-s`
   (an LLM's pace), then flush -> the first audio message after the first word was sent.
 - session_tokens: an open /v1/session socket (headless audio); the same words as text.append at the same
@@ -40,7 +41,7 @@ def _words(text: str) -> list[str]:
     return [w + " " for w in words[:-1]] + [words[-1]]
 
 
-async def openai_first_audio(base: str, voice: str, text: str, fmt: str) -> dict[str, float]:
+async def openai_first_audio(base: str, voice: str, text: str, fmt: str, speed: float = 1.0) -> dict[str, float]:
     import openai
 
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="bench", max_retries=0)
@@ -48,7 +49,7 @@ async def openai_first_audio(base: str, voice: str, text: str, fmt: str) -> dict
         start = time.perf_counter()
         first = None
         async with client.audio.speech.with_streaming_response.create(
-                model="bench", voice=voice, input=text, response_format=fmt) as response:
+                model="bench", voice=voice, input=text, response_format=fmt, speed=speed) as response:
             async for chunk in response.iter_bytes():
                 if chunk and first is None:
                     first = time.perf_counter()
@@ -132,6 +133,7 @@ async def bench(port: int, voice: str, text: str, runs: int, tokens_per_s: float
     measures = {
         "openai_speech_pcm": lambda: openai_first_audio(base, voice, text, "pcm"),
         "openai_speech_mp3": lambda: openai_first_audio(base, voice, text, "mp3"),
+        "openai_speech_pcm_speed_1.5": lambda: openai_first_audio(base, voice, text, "pcm", 1.5),
         "elevenlabs_tokens": lambda: elevenlabs_first_audio(ws_base, voice, text, tokens_per_s),
         "session_tokens": lambda: session_first_audio(ws_base, voice, text, tokens_per_s),
     }

@@ -10,9 +10,15 @@ context. `close_context` ends a context: flushed text is spoken to its end, unfl
 engine stream stopped at once (pipecat sends flush + close_context at the end of a turn, and close_context
 alone on an interruption), then {"isFinal": true} follows the context's last audio.
 
-Each context has one task that sends its audio, utterance after utterance, as base64 PCM at the socket's
-`output_format` rate. The reader never waits on audio; a socket that closes cancels every context's task
-and engine stream. Bad messages get {"error", "message"} and the socket stays usable.
+Each context has one task that sends its audio, utterance after utterance, base64 in the socket's
+`output_format` (raw PCM at a rate, MP3, Ogg Opus or G.711: agent.apis.output_format), encoded frame by frame
+as one continuous stream per context; with `sync_alignment=true` each audio message carries `alignment` (and
+the same as `normalizedAlignment`): the characters it speaks and their estimated times (agent.session.alignment),
+in ms from the context's first audio. A context holds at most `max_queued_utterances` flushed utterances waiting
+for their turn (more: `queue_full`); an engine failure ends the context with `engine_error`, then isFinal. The reader never waits on audio; a socket that closes cancels every context's task
+and engine stream. Bad messages get {"error", "message"} and the socket stays usable. A handshake that cannot
+open (unknown voice or language, a format we do not make, a wrong key) is answered with an HTTP status and a
+text body instead of the upgrade; docs/elevenlabs.md has the table of statuses, error codes and close codes.
 """
 
 from __future__ import annotations
@@ -20,57 +26,81 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
+from agent.apis.context import ApiContext
+from agent.apis.output_format import OutputEncoder, OutputFormat, parse_output_format
 from agent.json_input import JsonInputError, loads_object
-from agent.media.audio import Resampler
-from agent.media.frames import frames
-from agent.session.protocol import CLOSE_POLICY
-from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
+from agent.media.frames import StreamFailed, frames
+from agent.session.alignment import Alignment, CharTimeline
+from agent.session.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY
+from agent.settings import ENGINE_FRAME_MS, SessionSettings
 from agent.text_input import clean_text
 from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
 if TYPE_CHECKING:
-    from agent.server.app import Server
     from tts_engine import Stream
 
 log = logging.getLogger(__name__)
 
-PATH_RE = re.compile(r"^/v1/text-to-speech/([^/]+)/(stream-input|multi-stream-input)$")
-PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-DEFAULT_FORMAT = "pcm_24000"  # ElevenLabs' default is mp3_44100_128, which we do not make: see docs
+DEFAULT_FORMAT = "pcm_24000"  # sockets (ElevenLabs' own default is mp3_44100_128: ask for it by name)
 DEFAULT_CONTEXT = "default"  # multi-stream-input text without a context_id
 
 
-def is_elevenlabs_path(path: str) -> bool:
-    return PATH_RE.match(path) is not None
+class SocketGone(Exception):
+    """The socket closed under a send (the reader learns it from the close itself)."""
 
 
-def output_rate(query: dict[str, list[str]]) -> int:
-    """The `output_format` query parameter's sample rate (ValueError for formats we do not make)."""
-    fmt = (query.get("output_format") or [DEFAULT_FORMAT])[0]
-    match = re.fullmatch(r"pcm_(\d+)", fmt)
-    if match is None or int(match.group(1)) not in PCM_RATES:
-        raise ValueError(f"unsupported output_format {fmt!r}; this server sends raw PCM: "
-                         f"{', '.join(f'pcm_{r}' for r in PCM_RATES)}")
-    return int(match.group(1))
+def routes(ctx: ApiContext) -> list[BaseRoute]:
+    async def stream_input(ws: WebSocket) -> None:
+        await serve_socket(ctx, ws, multi=False)
+
+    async def multi_stream_input(ws: WebSocket) -> None:
+        await serve_socket(ctx, ws, multi=True)
+
+    return [WebSocketRoute("/v1/text-to-speech/{voice_id}/stream-input", stream_input),
+            WebSocketRoute("/v1/text-to-speech/{voice_id}/multi-stream-input", multi_stream_input)]
 
 
-def handshake_voice(server: Server, path: str, query: dict[str, list[str]]) -> ApiVoice:
+async def serve_socket(ctx: ApiContext, ws: WebSocket, multi: bool) -> None:
+    """One socket: refused before the upgrade (a status and a text body), or served until it closes."""
+    query = parse_qs(ws.scope["query_string"].decode("latin-1"))
+    refusal = refuse_reason(ctx, ws.path_params["voice_id"], query)
+    # no key at all: the first message may bring it (ElevenLabs' xi_api_key); a wrong one: refused now
+    present = ctx.key.present(ws.headers, query)
+    if present and not ctx.key.authorized(ws.headers, query):
+        refusal = (401, "wrong API key")
+    if refusal is not None:
+        ctx.metrics.api_requests_total.inc(api="elevenlabs", status=str(refusal[0]))
+        ctx.metrics.errors_total.inc(code="unauthorized" if refusal[0] == 401 else "bad_request")
+        await ws.send_denial_response(PlainTextResponse(refusal[1] + "\n", refusal[0]))
+        return
+    await ws.accept()
+    voice = handshake_voice(ctx, ws.path_params["voice_id"], query)
+    align = (query.get("sync_alignment") or ["false"])[0].lower() == "true"
+    await ElevenLabsSocket(ctx, ws, multi, voice, output_format(query), align,
+                           True if present else None).run()
+
+
+def output_format(query: dict[str, list[str]]) -> OutputFormat:
+    """The `output_format` query parameter (ValueError for formats we do not make)."""
+    return parse_output_format((query.get("output_format") or [DEFAULT_FORMAT])[0])
+
+
+def handshake_voice(ctx: ApiContext, voice_id: str, query: dict[str, list[str]]) -> ApiVoice:
     """The voice and language of a socket, checked before the WebSocket opens (ApiVoiceError, ValueError)."""
-    match = PATH_RE.match(path)
-    assert match is not None
-    output_rate(query)
+    output_format(query)
     language = (query.get("language_code") or [None])[0]
-    return resolve_voice(server.info, unquote(match.group(1)), language)
+    return resolve_voice(ctx.info, voice_id, language)
 
 
 @dataclass(eq=False)
@@ -86,30 +116,31 @@ class Context:
 
 
 class ElevenLabsSocket:
-    def __init__(self, server: Server, ws: ServerConnection, path: str, query: dict[str, list[str]]) -> None:
-        self.server, self.ws = server, ws
-        self.multi = path.endswith("/multi-stream-input")
-        self.voice = handshake_voice(server, path, query)  # checked in process_request already
-        self.rate = output_rate(query)
-        assert ws.request is not None
-        headers = ws.request.headers
-        self.authed = server.authorized(headers, query) if server.has_key(headers, query) else None
+    def __init__(self, ctx: ApiContext, ws: WebSocket, multi: bool, voice: ApiVoice, fmt: OutputFormat,
+                 align: bool, authed: bool | None) -> None:
+        self.ctx, self.ws, self.multi, self.voice, self.format, self.align = ctx, ws, multi, voice, fmt, align
+        self.authed = authed  # None: no key at the handshake (the first message must bring it, when one is set)
         self.contexts: dict[str | None, Context] = {}
         self.closing = False
 
     # ---- reading -------------------------------------------------------------------------------
     async def run(self) -> None:
-        self.server.metrics.api_requests_total.inc(api="elevenlabs", status="101")
+        self.ctx.metrics.api_requests_total.inc(api="elevenlabs", status="101")
         try:
-            async for data in self.ws:
-                await self.handle(data)
-                if self.closing:
-                    break
-            if self.closing:  # close_socket, or the end of a stream-input: the audio first, then the close
-                await asyncio.gather(*(c.task for c in self.contexts.values() if c.task is not None),
-                                     return_exceptions=True)
-                await self.ws.close(1000, "done")
-        except ConnectionClosed:
+            while not self.closing:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                await self.handle(text if text is not None else message.get("bytes") or b"")
+            # close_socket, or the end of a stream-input: the audio first, then the close
+            await asyncio.gather(*(c.task for c in self.contexts.values() if c.task is not None),
+                                 return_exceptions=True)
+            await self._close_socket(1000, "done")
+        except asyncio.CancelledError:  # the server is shutting down
+            await self._close_socket(CLOSE_GOING_AWAY, "server shutting down")
+            raise
+        except SocketGone:
             pass
         finally:
             for ctx in self.contexts.values():
@@ -120,7 +151,7 @@ class ElevenLabsSocket:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def handle(self, data: str | bytes) -> None:
-        limit = self.server.settings.api.max_message_bytes
+        limit = self.ctx.settings.max_message_bytes
         if isinstance(data, bytes):
             return await self._error("invalid_message", "binary frames are not part of this API; send JSON text")
         if len(data) > limit:
@@ -130,12 +161,11 @@ class ElevenLabsSocket:
         except JsonInputError as exc:
             return await self._error("invalid_message", f"a message is one JSON object: {exc}")
         if self.authed is None:  # no key at the handshake: the first message must bring it
-            assert self.ws.request is not None
-            self.authed = self.server.authorized(self.ws.request.headers, {}, str(msg.get("xi_api_key") or ""))
+            self.authed = self.ctx.key.authorized(self.ws.headers, {}, str(msg.get("xi_api_key") or ""))
         if not self.authed:
             await self._error("invalid_api_key", "missing or wrong API key (xi-api-key header, ?xi_api_key=, "
                                                  "or the init message's xi_api_key)")
-            await self.ws.close(CLOSE_POLICY, "unauthorized")
+            await self._close_socket(CLOSE_POLICY, "unauthorized")
             self.closing = True
             return None
         text, cid = msg.get("text"), msg.get("context_id", msg.get("contextId"))
@@ -170,7 +200,7 @@ class ElevenLabsSocket:
             if ctx is not None:  # its id names a new context once its audio is done
                 return await self._error("context_closing", f"context {cid!r} is closing", cid)
             live = sum(1 for c in self.contexts.values() if not c.closing)
-            limit = self.server.settings.api.max_contexts
+            limit = self.ctx.settings.max_contexts
             if self.multi and live >= limit:
                 return await self._error("max_active_conversations",
                                          f"{live} contexts are open (limit {limit}); close one first", cid)
@@ -184,17 +214,28 @@ class ElevenLabsSocket:
         if text and not init:  # (stream-input's init message is a lone space)
             refused = self._push(ctx, text)
             if refused is not None:
-                return await self._error("text_limit", refused, cid)
+                code = "queue_full" if refused.endswith("wait for their audio") else "text_limit"
+                return await self._error(code, refused, cid)
         if msg.get("flush") is True:
             self._flush(ctx)
         return None
 
     async def _error(self, code: str, message: str, cid: str | None = None) -> None:
-        self.server.metrics.errors_total.inc(code=code)
+        self.ctx.metrics.errors_total.inc(code=code)
         body: dict[str, Any] = {"error": code, "message": message}
         if cid is not None:
             body["contextId"] = cid
-        await self.ws.send(json.dumps(body))
+        await self._send_text(json.dumps(body))
+
+    async def _send_text(self, text: str) -> None:
+        try:
+            await self.ws.send_text(text)
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            raise SocketGone from None
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):  # closed already
+            await self.ws.close(code, reason)
 
     # ---- contexts ------------------------------------------------------------------------------
     def _new_context(self, cid: str | None) -> Context:
@@ -204,7 +245,7 @@ class ElevenLabsSocket:
 
         def forget(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None and not isinstance(
-                    task.exception(), ConnectionClosed):
+                    task.exception(), SocketGone):
                 log.error("elevenlabs context %r failed", cid, exc_info=task.exception())
             if self.contexts.get(cid) is ctx and not self.closing:
                 del self.contexts[cid]  # done: its id may open a new context
@@ -215,7 +256,11 @@ class ElevenLabsSocket:
     def _push(self, ctx: Context, text: str) -> str | None:
         """Text into the context's open utterance (opened by the first text after a flush); an error or None."""
         if ctx.open is None:
-            ctx.open = self.server.engine.open_stream(**self.voice.stream_args, seed=self.server.settings.api.seed)
+            waiting = len(ctx.streams)
+            if waiting >= self.ctx.settings.max_queued_utterances:  # each waiting stream holds an engine slot
+                return (f"{waiting} utterances of this context are waiting (limit "
+                        f"{self.ctx.settings.max_queued_utterances}); wait for their audio")
+            ctx.open = self.ctx.engine.open_stream(**self.voice.stream_args, seed=self.ctx.settings.seed)
             ctx.streams.append(ctx.open)
             ctx.wake.set()
         try:
@@ -248,44 +293,58 @@ class ElevenLabsSocket:
 
     async def _play(self, ctx: Context) -> None:
         """The context's audio: each utterance in order; {"isFinal": true} once it is closed and done."""
-        resampler = Resampler(SAMPLE_RATE, self.rate)
+        encoder = OutputEncoder(self.format)
+        session = SessionSettings()  # the speaking rate spoken_text assumes (the alignment is the same estimate)
+        timeline = CharTimeline(self.ctx.tokenizer, session.chars_per_second, session.cjk_char_weight)
         try:
             while True:
                 while not ctx.streams:
                     if ctx.closing:
+                        await self._audio(ctx, encoder.finish(), None)
                         await self._send(ctx, {"isFinal": True})
                         return
                     ctx.wake.clear()
                     await ctx.wake.wait()
                 stream = ctx.streams[0]
-                async for frame in frames(stream):
-                    await self._audio(ctx, resampler.push(frame.pcm))
-                    self.server.metrics.audio_seconds_total.inc(ENGINE_FRAME_MS / 1000.0)
-                end = stream.end
-                if end is not None and end.reason == "cancelled":
-                    resampler.reset()  # nothing of a stopped utterance after its stop
-                else:
-                    await self._audio(ctx, resampler.drain())
+                try:
+                    async for frame in frames(stream):
+                        align = timeline.frame(stream.text, frame.text_tokens_consumed) if self.align else None
+                        await self._audio(ctx, encoder.push(frame.pcm), align)
+                        self.ctx.metrics.audio_seconds_total.inc(ENGINE_FRAME_MS / 1000.0)
+                except StreamFailed as failed:  # the context ends here: its later utterances are dropped
+                    await self._error("engine_error", f"the engine failed this utterance: {failed.end.error}",
+                                      ctx.id)
+                    self._stop(ctx)
+                    ctx.streams.clear()
+                    continue
+                stopped = stream.end is not None and stream.end.reason == "cancelled"
+                # a stopped utterance: nothing of it after its stop (the resampler's tail is dropped)
+                tail = encoder.end_utterance(stopped)
+                rest = timeline.finish() if self.align else None  # (the timeline moves on either way)
+                await self._audio(ctx, tail, None if stopped else rest)
                 ctx.streams.popleft()
         finally:
+            encoder.close()
             for stream in ctx.streams:
                 stream.cancel()
 
-    async def _audio(self, ctx: Context, pcm: Any) -> None:
-        if len(pcm):
-            await self._send(ctx, {"audio": base64.b64encode(pcm.astype("<i2").tobytes()).decode(),
-                                   "isFinal": False, "normalizedAlignment": None, "alignment": None})
+    async def _audio(self, ctx: Context, data: bytes, align: Alignment | None) -> None:
+        """One message: audio bytes (possibly none yet: MP3 holds a frame back) and their characters."""
+        timed = align.as_elevenlabs() if align is not None and align.chars else None
+        if data or timed:
+            await self._send(ctx, {"audio": base64.b64encode(data).decode(), "isFinal": False,
+                                   "normalizedAlignment": timed, "alignment": timed})
 
     async def _send(self, ctx: Context, body: dict[str, Any]) -> None:
         if ctx.id is not None:
             body["contextId"] = ctx.id
-        await self.ws.send(json.dumps(body))
+        await self._send_text(json.dumps(body))
 
 
-def refuse_reason(server: Server, path: str, query: dict[str, list[str]]) -> tuple[int, str] | None:
+def refuse_reason(ctx: ApiContext, voice_id: str, query: dict[str, list[str]]) -> tuple[int, str] | None:
     """(status, message) when a socket cannot open: an unknown voice or language, an output format we lack."""
     try:
-        handshake_voice(server, path, query)
+        handshake_voice(ctx, voice_id, query)
     except ApiVoiceError as exc:
         return 404 if exc.param == "voice" else 400, exc.message
     except ValueError as exc:
@@ -293,4 +352,4 @@ def refuse_reason(server: Server, path: str, query: dict[str, list[str]]) -> tup
     return None
 
 
-__all__ = ["ApiVoice", "ElevenLabsSocket", "is_elevenlabs_path", "refuse_reason"]
+__all__ = ["ApiVoice", "ElevenLabsSocket", "refuse_reason", "routes"]

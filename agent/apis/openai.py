@@ -1,128 +1,112 @@
 """OpenAI's speech API on the serve port: POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices
-(and ElevenLabs' GET /v1/voices listing).
+(and ElevenLabs' GET /v1/voices listing), as Starlette routes over an `ApiContext`.
 
-One request is one flow, in the task agent.server.http_front gives it: the input (split into segments an engine
-stream can hold, agent.apis.segments) goes into the engine's text track at once, and each 80 ms frame is encoded
-(agent.media.encoder) and sent as a chunk as soon as the engine makes it; nothing waits for the whole utterance.
-A client that disconnects cancels the task, and the `finally` cancels the engine stream before the next
-step. Errors before the first byte are OpenAI-shaped JSON ({"error": {message, type, param, code}}); after
-it, the stream is cut short (an HTTP status cannot change then). docs/openai.md lists what is honoured.
+A request is checked whole before any engine work: the key, the body (at most `speech.MAX_BODY_BYTES`, by
+Content-Length or chunked, within `speech.BODY_TIMEOUT_S`), its fields, the voice. Errors are OpenAI-shaped JSON
+({"error": {message, type, param, code}}); docs/openai.md has the table. The audio itself is an
+`agent.apis.speech.SpeechResponse`: streamed frame by frame as the engine makes it.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import logging
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import parse_qs
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from agent.apis.context import ApiContext
 from agent.apis.segments import split_text
+from agent.apis.speech import ApiError, SpeechRequest, SpeechResponse, read_body
 from agent.json_input import JsonInputError, loads_object
-from agent.media.encoder import FORMATS, AudioEncoder
-from agent.media.frames import frames as stream_frames
-from agent.server.http_front import HttpError, HttpExchange, HttpRequest, HttpRoutes
-from agent.settings import ENGINE_FRAME_MS
+from agent.media.encoder import FORMATS
+from agent.media.tempo import MAX_SPEED, MIN_SPEED
 from agent.text_input import clean_text
-from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
-
-if TYPE_CHECKING:
-    from agent.server.app import Server
-    from tts_engine import Stream
-
-log = logging.getLogger(__name__)
+from agent.voices.resolve import ApiVoiceError, resolve_voice
 
 SPEECH_PATH = "/v1/audio/speech"
-LISTINGS = ("/v1/models", "/v1/audio/voices", "/v1/voices")  # GET; /v1/voices is ElevenLabs' shape
 STREAM_FORMATS = ("audio", "sse")
 DEFAULT_FORMAT = "mp3"  # OpenAI's default
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> bytes:
-        return (json.dumps({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                      "code": self.code}}) + "\n").encode()
+def error_response(err: ApiError) -> Response:
+    """The JSON error of an OpenAI-shaped route (also the server's 404/405 on /v1/ paths)."""
+    headers = dict(err.headers)
+    if err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(err.body(), err.status, headers={"Cache-Control": "no-store", **headers})
 
 
-class OpenAIRoutes(HttpRoutes):
-    """The diverted (non-GET) requests of the serve port; today only the speech endpoint takes one."""
+def routes(ctx: ApiContext) -> list[BaseRoute]:
+    api = OpenAIApi(ctx)
+    return [Route(SPEECH_PATH, api.speech, methods=["POST"]),
+            Route("/v1/models", api.listing(api.models), methods=["GET"]),
+            Route("/v1/audio/voices", api.listing(api.voices), methods=["GET"]),
+            Route("/v1/voices", api.listing(api.elevenlabs_voices), methods=["GET"])]
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
 
-    def claims(self, method: str, path: str) -> bool:
-        # the listings too: websockets half-closes after a plain response and waits for the client, which a
-        # keep-alive client (httpx, the openai SDK) never does until it is collected
-        return method != "GET" or path in LISTINGS
+class OpenAIApi:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
 
     # ---- listings ----------------------------------------------------------------------------------
     def models(self) -> dict[str, Any]:
-        info = self.server.info
-        return {"object": "list", "data": [{"id": info.name, "object": "model", "created": int(self.server.started),
+        info = self.ctx.info
+        return {"object": "list", "data": [{"id": info.name, "object": "model", "created": int(self.ctx.started),
                                             "owned_by": "voicegate", "kind": info.kind}]}
 
     def voices(self) -> dict[str, Any]:
-        info = self.server.info
+        aliases = self.ctx.info.aliases
         return {"object": "list", "data": [{"id": e.name, "object": "voice", "name": e.name, "kind": e.kind,
-                                            "language": e.language, "instructions": e.instruct}
-                                           for e in info.entries]}
+                                            "language": e.language, "instructions": e.instruct,
+                                            "aliases": sorted(a for a, v in aliases.items() if v == e.name)}
+                                           for e in self.ctx.info.entries]}
 
-    def listing(self, path: str) -> dict[str, Any]:
-        if path == "/v1/models":
-            return self.models()
-        if path == "/v1/audio/voices":
-            return self.voices()
+    def elevenlabs_voices(self) -> dict[str, Any]:
         return {"voices": [{"voice_id": e.name, "name": e.name, "category": e.kind,
-                            "labels": {"language": e.language}} for e in self.server.info.entries]}
+                            "labels": {"language": e.language}} for e in self.ctx.info.entries]}
 
-    # ---- diverted requests -----------------------------------------------------------------------
-    async def refuse(self, exchange: HttpExchange, error: HttpError) -> None:
-        await self._error(exchange, ApiError(error.status, error.message))
+    def listing(self, build: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            try:
+                self._authorize(request)
+            except ApiError as err:
+                return self.error(err)
+            self.ctx.metrics.api_requests_total.inc(api="openai", status="200")
+            return JSONResponse(build(), headers={"Cache-Control": "no-store"})
+        return endpoint
 
-    async def serve(self, request: HttpRequest, exchange: HttpExchange) -> None:
-        metrics = self.server.metrics
+    # ---- the speech endpoint ---------------------------------------------------------------------
+    async def speech(self, request: Request) -> Response:
         try:
-            method = "GET" if request.path in LISTINGS else "POST"
-            if request.path != SPEECH_PATH and method == "POST":
-                raise ApiError(404, f"no route {request.method} {request.path}", code="not_found")
-            if request.method != method:
-                raise ApiError(405, f"{request.path} takes {method}", code="method_not_allowed")
-            if not self.server.authorized(request.headers, request.query):
-                raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key")
-            if method == "GET":
-                listing = self.listing(request.path)
-                await exchange.respond(200, (json.dumps(listing) + "\n").encode(), "application/json")
-                return
-            await self._speech(request, exchange)
+            self._authorize(request)
+            req = self._parse(await read_body(request))
+            try:
+                voice = resolve_voice(self.ctx.info, req.voice, None, req.instructions)
+            except ApiVoiceError as exc:
+                raise ApiError(400, exc.message, exc.param, "invalid_value") from None
         except ApiError as err:
-            await self._error(exchange, err)
-        except ConnectionError:
-            log.info("POST %s: the client went away", request.path)
-        except Exception:
-            log.exception("POST %s failed", request.path)
-            if not exchange.started and not exchange.closed:
-                await self._error(exchange, ApiError(500, "internal error", kind="server_error"))
-        finally:
-            metrics.api_requests_total.inc(api="openai", status=str(exchange.status or 499))
+            return self.error(err)
+        segments = split_text(req.input, self.ctx.settings.segment_chars)
+        return SpeechResponse(self.ctx, req, voice, segments, self.error)
 
-    async def _error(self, exchange: HttpExchange, err: ApiError) -> None:
-        if exchange.started:  # the audio has begun: nothing to do but end it early
-            return
-        self.server.metrics.errors_total.inc(code=err.code or "invalid_request")
-        await exchange.respond(err.status, err.body(), "application/json",
-                               {"WWW-Authenticate": "Bearer"} if err.status == 401 else None)
+    def error(self, err: ApiError) -> Response:
+        self.ctx.metrics.errors_total.inc(code=err.code or "invalid_request")
+        self.ctx.metrics.api_requests_total.inc(api="openai", status=str(err.status))
+        return error_response(err)
 
-    def _parse(self, request: HttpRequest) -> dict[str, Any]:
+    def _authorize(self, request: Request) -> None:
+        query = parse_qs(request.scope["query_string"].decode("latin-1"))
+        if not self.ctx.key.authorized(request.headers, query):
+            raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key")
+
+    def _parse(self, raw: bytes) -> SpeechRequest:
         try:
-            body = loads_object(request.body or b"null")
+            body = loads_object(raw or b"null")
         except JsonInputError as exc:
             raise ApiError(400, f"the body must be one JSON object: {exc}", code="invalid_json") from None
-        limit = self.server.settings.api.max_input_chars
 
         def text(name: str, required: bool = False) -> str | None:
             value = body.get(name)
@@ -135,10 +119,11 @@ class OpenAIRoutes(HttpRoutes):
                                "missing_required_parameter" if value is None else "invalid_value")
             return value
 
-        req: dict[str, Any] = {"model": text("model", True), "input": text("input", True),
-                               "instructions": text("instructions")}
-        if len(req["input"]) > limit:
-            raise ApiError(400, f"'input' is {len(req['input'])} characters, over this server's limit of {limit} "
+        model, text_in, instructions = text("model", True), text("input", True), text("instructions")
+        assert model is not None and text_in is not None
+        limit = self.ctx.settings.max_input_chars
+        if len(text_in) > limit:
+            raise ApiError(400, f"'input' is {len(text_in)} characters, over this server's limit of {limit} "
                                 f"(split the text into several requests)", "input", "string_above_max_length")
         voice = body.get("voice")
         if isinstance(voice, dict):  # the newer SDKs may send {"id": name}
@@ -146,83 +131,22 @@ class OpenAIRoutes(HttpRoutes):
         if not isinstance(voice, str) or not voice:
             raise ApiError(400, "'voice' must name a voice (GET /v1/audio/voices lists them)", "voice",
                            "invalid_value")
-        req["voice"] = voice
         fmt = body.get("response_format") or DEFAULT_FORMAT
-        if fmt not in FORMATS:
-            raise ApiError(400, f"unsupported response_format {fmt!r}; choose one of {', '.join(FORMATS)}",
+        if not isinstance(fmt, str) or fmt not in FORMATS:  # a list or an object is no format either
+            raise ApiError(400, f"unsupported response_format {_short(fmt)}; choose one of {', '.join(FORMATS)}",
                            "response_format", "invalid_value")
-        req["response_format"] = fmt
         stream_format = body.get("stream_format") or "audio"
-        if stream_format not in STREAM_FORMATS:
-            raise ApiError(400, f"stream_format must be 'audio' or 'sse', not {stream_format!r}", "stream_format",
-                           "invalid_value")
-        req["stream_format"] = stream_format
+        if not isinstance(stream_format, str) or stream_format not in STREAM_FORMATS:
+            raise ApiError(400, f"stream_format must be 'audio' or 'sse', not {_short(stream_format)}",
+                           "stream_format", "invalid_value")
         speed = body.get("speed")
-        if speed is not None and (not isinstance(speed, int | float) or isinstance(speed, bool) or speed != 1.0):
-            raise ApiError(400, "only speed 1.0 is supported (the model has no rate control; time-stretching "
-                                "would change the voice)", "speed", "unsupported_value")
-        return req
-
-    async def _speech(self, request: HttpRequest, exchange: HttpExchange) -> None:
-        req = self._parse(request)
-        info = self.server.info
-        try:
-            voice = resolve_voice(info, req["voice"], None, req["instructions"])
-        except ApiVoiceError as exc:
-            raise ApiError(400, exc.message, exc.param, "invalid_value") from None
-        segments = split_text(req["input"], self.server.settings.api.segment_chars)
-        encoder = AudioEncoder(req["response_format"])
-        sse = req["stream_format"] == "sse"
-        headers = {"X-Voicegate-Voice": voice.name}
-        if voice.warning:
-            headers["X-Voicegate-Warning"] = voice.warning
-        frames = 0
-        started = time.monotonic()
-        try:
-            for i, segment in enumerate(segments):
-                # each segment's stream lives in its block: cancelled on every way out (an error, a client
-                # that went away); a voice the engine refuses fails the first one before any byte is sent
-                with self._open(voice, segment) as stream:
-                    if i == 0:
-                        await exchange.start(200, "text/event-stream" if sse else encoder.content_type, headers)
-                    async for frame in stream_frames(stream):
-                        frames += 1
-                        await self._send(exchange, encoder.push(frame.pcm), sse)
-                        self.server.metrics.audio_seconds_total.inc(ENGINE_FRAME_MS / 1000.0)
-                    end = stream.end
-                if end is not None and end.reason == "error":
-                    log.warning("speech stream failed: %s", end.error)
-                    return  # cut short: the client sees a truncated body
-            await self._send(exchange, encoder.finish(), sse)
-            if sse:
-                usage = {"input_tokens": self._tokens(req["input"]), "output_tokens": frames}
-                usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-                await exchange.write(_sse({"type": "speech.audio.done", "usage": usage}))
-            await exchange.end()
-            log.info("speech: %d chars, %d frames in %.2f s", len(req["input"]), frames, time.monotonic() - started)
-        finally:
-            encoder.close()
-
-    def _open(self, voice: ApiVoice, text: str) -> Stream:
-        """A stream holding the whole segment (the engine takes no row for text it refuses)."""
-        try:
-            return self.server.engine.open_stream(**voice.stream_args, seed=self.server.settings.api.seed,
-                                                  text=text)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), "voice", "invalid_value") from None
-
-    @staticmethod
-    async def _send(exchange: HttpExchange, data: bytes, sse: bool) -> None:
-        if not data:
-            return
-        if sse:
-            data = _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-        await exchange.write(data)
-
-    def _tokens(self, text: str) -> int:
-        tok = self.server.tokenizer
-        return len(tok.encode(text, add_special_tokens=False).ids) if tok is not None else len(text.split())
+        if speed is None:
+            speed = 1.0
+        if not isinstance(speed, int | float) or isinstance(speed, bool) or not MIN_SPEED <= speed <= MAX_SPEED:
+            raise ApiError(400, f"'speed' must be a number from {MIN_SPEED} to {MAX_SPEED}, not {_short(speed)}",
+                           "speed", "invalid_value")
+        return SpeechRequest(model, text_in, voice, instructions, fmt, stream_format == "sse", float(speed))
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(event)}\n\n".encode()
+def _short(value: Any) -> str:
+    return json.dumps(value)[:60]

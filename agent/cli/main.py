@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from agent.cli.engine_options import add_engine_arguments
 from agent.cli.voices import add_parser as add_voices_parser
 from agent.cli.voices import add_voices_dir
+from agent.voices.aliases import parse_aliases
 from agent.voices.store import default_voices_dir
 
 if TYPE_CHECKING:
@@ -27,6 +28,14 @@ PRECISION_HELP = ("talker/code-predictor weights: auto (default) = bf16 on CUDA,
                   "(the official codes; TF32 off on CUDA); bf16 halves and int8 quarters the weight bytes per "
                   "frame, with codes that may differ from fp32's (int8 runs as bf16 on CUDA); the codec decoder "
                   "stays fp32 in every mode")
+
+
+def _alias_spec(spec: str) -> str:
+    try:
+        parse_aliases(spec)  # a bad spec is a usage error at parse time
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
@@ -188,12 +197,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               shutdown_grace_s=args.shutdown_grace, engine_nice=args.engine_nice,
                               static_dir=Path(args.static_dir) if args.static_dir else None,
                               voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
+                              cors_origins=tuple(args.cors_origin or ()),
+                              voice_aliases=parse_aliases(",".join(args.voice_alias or ())),
                               session=SessionSettings(max_utterance_chars=args.max_utterance_chars,
                                                       audio_lead_ms=args.audio_lead_ms,
                                                       start_buffer_ms=args.start_buffer_ms,
                                                       echo_guard_ms=args.echo_guard_ms))
     settings.check_exposure()  # before loading a model: refuse an open port without a key at once
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per connection is too chatty
+    logging.getLogger("agent.server.websocket").setLevel(logging.WARNING)  # one line per connection is too chatty
     import torch
 
     from agent.cli.engine_options import build_engine
@@ -309,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--engine-nice", type=int, default=5,
                     help="nice value of the engine thread, so that paced audio and barge-in win the CPU (0: off)")
     sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")
+    sv.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                    help="a browser origin allowed to call the HTTP APIs cross-origin, e.g. https://app.example "
+                         "(repeatable; '*' for any; default: none)")
+    sv.add_argument("--voice-alias", action="append", metavar="NAME=VOICE[,NAME=VOICE]",
+                    type=_alias_spec, help="answer to NAME as VOICE, e.g. alloy=vivian (repeatable; OpenAI's voice "
+                                           "names have a default mapping: see docs/openai.md)")
     sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_voices_dir(sv)
     sv.set_defaults(func=cmd_serve)
@@ -338,8 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    from agent.server.request_id import RequestIdFormatter
+
+    for handler in logging.getLogger().handlers:  # an HTTP request's lines carry its x-request-id
+        handler.setFormatter(RequestIdFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError and bad input: one clear line

@@ -1,31 +1,16 @@
-"""The media server: HTTP routes and the WebSocket endpoint on one port (websockets, asyncio).
+"""The media server: every route (agent.server.routes) on one port, served by uvicorn (agent.server.transport).
 
-Routes:
-  GET /             the browser page (web_client/index.html; a placeholder until it exists) and its files
-  GET /healthz      {"ok": true, "model": ..., "sessions": n, ...}
-  GET /metrics      Prometheus text (API key required when one is set)
-  GET /v1/session   WebSocket: a new session, or `?session=ID&token=TOKEN` to join one as a producer
-                    (API key, when set: `Authorization: Bearer KEY` or `?api_key=KEY`)
-  POST /v1/audio/speech, GET /v1/models, GET /v1/audio/voices, GET /v1/voices
-                    OpenAI's speech API and the listings (agent.apis.openai), answered by agent.server.http_front's
-                    layer beside websockets (request bodies, chunked responses) on this same socket
-  GET /v1/text-to-speech/{voice}/stream-input, .../multi-stream-input
-                    ElevenLabs' streaming-input WebSockets (agent.apis.elevenlabs)
-
-The server owns one engine (shared by every session: its scheduler batches their streams) and the
-session table. Shutdown (SIGINT/SIGTERM via `run`): stop accepting, flush open utterances, give in-flight
-ones `shutdown_grace_s` to finish, interrupt the rest (reason "shutdown"), close peers and sockets (1001).
+The server owns one engine (shared by every session and API request: its scheduler batches their streams), the
+session table (agent.server.sessions) and the context the compatible APIs get (agent.apis.context). Shutdown
+(SIGINT/SIGTERM via `run`): stop accepting, cut streamed HTTP answers and API sockets (their engine streams
+stop; sockets close 1001), flush open utterances, give in-flight ones `shutdown_grace_s` to finish,
+interrupt the rest (reason "shutdown"), close session sockets (1001), then the idle connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import functools
-import hmac
-import http
-import json
 import logging
 import os
 import socket
@@ -33,21 +18,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.apis.elevenlabs import ElevenLabsSocket, is_elevenlabs_path, refuse_reason
-from agent.apis.openai import OpenAIRoutes
-from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from agent.apis.context import ApiContext
+from agent.apis.keys import ApiKey
 from agent.metrics import Metrics
-from agent.server.http_front import FrontConnection
-from agent.session import protocol
-from agent.session.connection import Connection
+from agent.server.routes import Site, build_app
+from agent.server.sessions import Sessions
+from agent.server.transport import uvicorn_config
 from agent.session.session import Session
 from agent.settings import ServerSettings
 from agent.signals import wait_for_stop_signal
@@ -58,32 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPEN_TIMEOUT_S = 10.0  # a connection must send its request (and a WebSocket finish its handshake) this soon
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8", ".json": "application/json", ".wav": "audio/wav",
-                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
-
-PLACEHOLDER_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>voicegate</title></head>
-<body><h1>voicegate</h1>
-<p>The media server is running. The browser client is not installed here; connect a WebSocket to
-<code>/v1/session</code> (see docs/protocol.md), or check <a href="/healthz">/healthz</a>.</p>
-</body></html>
-"""
-
-
-def _response(status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> Response:
-    code = http.HTTPStatus(status)
-    headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Content-Length", str(len(body))),
-                       ("Content-Type", content_type), ("Cache-Control", "no-store")])
-    for name, value in (extra or {}).items():
-        headers[name] = value
-    return Response(code.value, code.phrase, headers, body)
-
-
-def _json(status: int, obj: Any) -> Response:
-    return _response(status, (json.dumps(obj) + "\n").encode(), "application/json")
-
 
 class Server:
     def __init__(self, engine: Engine, settings: ServerSettings | None = None, model_name: str = "model",
@@ -91,29 +45,44 @@ class Server:
         self.engine = engine
         self.settings = settings or ServerSettings()
         self.settings.check_exposure()
-        self.info = ModelInfo.from_engine(engine, model_name, self.settings.voices_dir)
-        self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
+        self.info = ModelInfo.from_engine(engine, model_name, self.settings.voices_dir, self.settings.voice_aliases)
         self.metrics = Metrics()
-        self.sessions: dict[str, Session] = {}
-        self.tokenizer = self._load_tokenizer()
-        self._lower_engine_priority()
-        self.static_dir = self.settings.static_dir or Path(__file__).resolve().parents[2] / "web_client"
         self.started = time.time()
+        key = ApiKey(self.settings.api_key)
+        tokenizer = self._load_tokenizer()
+        self._lower_engine_priority()
+        self.api = ApiContext(engine, self.info, self.settings.api, key, self.metrics, tokenizer, self.started)
+        self._sessions = Sessions(engine, self.info, self.settings, key, self.metrics, tokenizer, rtc_settings,
+                                  vad_defaults)
+        static_dir = self.settings.static_dir or Path(__file__).resolve().parent.parent.parent / "web_client"
+        site = Site(static_dir, self.api, self.health)
+        self._flows: set[asyncio.Task[Any]] = set()  # HTTP requests and API sockets, cut at shutdown
+        self._cut: set[asyncio.Task[Any]] = set()
+        self.app = build_app(self.settings, site, self._sessions, self.api)
+        self._uvicorn = uvicorn.Server(uvicorn_config(self._track_flows(self.app), self.settings))
+        self._socket: socket.socket | None = None
+        self._clock: asyncio.Task[None] | None = None
         self.shutting_down = False
-        self._ws: WsServer | None = None
-        self._port = self.settings.port
-        self.openai = OpenAIRoutes(self)
-        self._http_tasks: set[asyncio.Task[None]] = set()  # diverted HTTP requests (agent.server.http_front)
-        m = self.metrics
-        m.gauge("voicegate_sessions", "Open sessions.", lambda: len(self.sessions))
+        self._register_gauges()
+
+    def _register_gauges(self) -> None:
+        m, sessions = self.metrics, self._sessions.table
+        m.gauge("voicegate_sessions", "Open sessions.", lambda: len(sessions))
         m.gauge("voicegate_connections", "Open session WebSockets.",
-                lambda: sum(len(s.connections) for s in self.sessions.values()))
+                lambda: sum(len(s.connections) for s in sessions.values()))
         m.gauge("voicegate_utterances_in_flight", "Utterances playing or queued.",
-                lambda: sum(len(s.utterances.live()) for s in self.sessions.values()))
+                lambda: sum(len(s.utterances.live()) for s in sessions.values()))
         m.gauge("voicegate_engine_streams", "Streams the engine is stepping.",
                 lambda: self.engine.scheduler.live_streams)
         m.gauge("voicegate_engine_steps", "Engine steps so far (monotonic).", lambda: self.engine.scheduler.steps)
+        m.gauge("voicegate_engine_graph_recordings_after_ready",
+                "CUDA graphs recorded after warm-up, in live traffic (a first-frame spike each; should stay 0).",
+                lambda: self.engine.scheduler.frame_step.recordings_after_ready)
         m.track_engine_batches(lambda: self.engine.scheduler.batch_sizes)
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self._sessions.table
 
     def _lower_engine_priority(self) -> None:
         """Give the event loop precedence over the engine thread on a shared CPU (settings.engine_nice)."""
@@ -130,58 +99,85 @@ class Server:
             log.info("could not lower the engine thread's priority: %s", exc)
 
     def _load_tokenizer(self) -> Any:
-        try:
-            from tts_engine.text.incremental import load_fast_tokenizer
+        """The engine's own fast tokenizer (loaded once, by the engine), for spoken_text and usage counts."""
+        return self.engine.tokenizer
 
-            return load_fast_tokenizer(self.engine.model.path)
-        except Exception:  # spoken_text then uses the speaking rate alone
-            log.warning("no tokenizer for spoken_text estimates", exc_info=True)
-            return None
+    def _track_flows(self, app: ASGIApp) -> ASGIApp:
+        """The app, with each HTTP request and API socket's task kept in `_flows` (the session sockets end
+        through their sessions)."""
+        flows, cut = self._flows, self._cut
+
+        async def tracked(scope: Scope, receive: Receive, send: Send) -> None:
+            task = asyncio.current_task()
+            if task is None or scope.get("path") == "/v1/session":
+                await app(scope, receive, send)
+                return
+            flows.add(task)
+            try:
+                await app(scope, receive, send)
+            except asyncio.CancelledError:
+                if task not in cut:
+                    raise
+                task.uncancel()  # our own cut at shutdown: the flow ends here and uvicorn closes its connection
+            finally:
+                flows.discard(task)
+
+        return tracked
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": not self.shutting_down, "model": self.info.name, "model_kind": self.info.kind,
+                "device": str(self.engine.model.device), "sessions": len(self.sessions),
+                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1)}
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        front = functools.partial(FrontConnection, routes=self.openai, open_timeout=OPEN_TIMEOUT_S,
-                                  track=self._track_http)
-        # open_timeout=None: FrontConnection applies it to handshakes itself, and not to streamed responses
-        self._ws = await serve(self._handler, s.host, s.port, process_request=self._process_request,
-                               create_connection=front, open_timeout=None,  # type: ignore[arg-type]
-                               max_size=s.max_frame_bytes, max_queue=s.max_incoming_queue,
-                               write_limit=s.write_limit, ping_interval=s.ping_interval,
-                               ping_timeout=s.ping_timeout, server_header="voicegate",
-                               compression="deflate" if s.compression else None)
-        self._port = int(self._ws.sockets[0].getsockname()[1])
-        log.info("voicegate serving on http://%s:%d/", s.host, self._port)
+        # our own listening socket: port 0 gives the OS's choice, known before the first request
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.port))
+        self._socket = sock
+        config = self._uvicorn.config
+        config.load()
+        self._uvicorn.lifespan = config.lifespan_class(config)  # as uvicorn's serve() does (lifespan "off")
+        await self._uvicorn.startup(sockets=[sock])
+        self._clock = asyncio.get_running_loop().create_task(self._tick(), name="http-date")
+        log.info("voicegate serving on http://%s:%d/", s.host, self.port)
 
-    def _track_http(self, task: asyncio.Task[None]) -> None:
-        self._http_tasks.add(task)
-        task.add_done_callback(self._http_tasks.discard)
+    async def _tick(self) -> None:
+        """The Date and Server headers of every response, refreshed once a second."""
+        while True:
+            await self._uvicorn.on_tick(0)
+            await asyncio.sleep(1.0)
 
     @property
     def port(self) -> int:
         """The bound port (the OS's choice when settings.port is 0)."""
-        return self._port
+        if self._socket is None:
+            return self.settings.port
+        return int(self._socket.getsockname()[1])
 
     async def shutdown(self) -> None:
         """Graceful stop: see the module docstring."""
         if self.shutting_down:
             return
         self.shutting_down = True
-        if self._ws is not None:
-            self._ws.server.close()  # stop accepting; open connections stay until their sessions end
-        for task in list(self._http_tasks):  # a streamed HTTP response is cut (its engine stream stops)
+        for server in getattr(self._uvicorn, "servers", []):
+            server.close()  # stop accepting; open connections stay until their sessions end
+        flows = list(self._flows)
+        self._cut.update(flows)
+        for task in flows:  # a streamed answer is cut (its engine stream stops); an API socket closes 1001
             task.cancel()
-        sessions = list(self.sessions.values())
-        await asyncio.gather(*(s.shutdown(self.settings.shutdown_grace_s) for s in sessions),
-                             return_exceptions=True)
-        closes = [c.flush_and_close(protocol.CLOSE_GOING_AWAY, "server shutting down")
-                  for s in sessions for c in list(s.connections.values())]
-        await asyncio.gather(*closes, return_exceptions=True)
-        await asyncio.gather(*(self._end_session(s) for s in sessions), return_exceptions=True)
-        if self._ws is not None:
-            self._ws.close()
+        await asyncio.gather(*flows, return_exceptions=True)
+        await self._sessions.shutdown(self.settings.shutdown_grace_s)
+        if self._uvicorn.started:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.wait_closed(), 10.0)
+                await self._uvicorn.shutdown(sockets=[self._socket] if self._socket else None)
+        if self._clock is not None:
+            self._clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock
 
     async def run(self, on_started: Callable[[Server], None] | None = None) -> None:
         """Serve until SIGINT/SIGTERM, then shut down gracefully."""
@@ -193,139 +189,3 @@ class Server:
         finally:
             log.info("shutting down")
             await self.shutdown()
-
-    # ---- HTTP -------------------------------------------------------------------------------------
-    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
-        return self.authorized(request.headers, query)
-
-    def authorized(self, headers: Headers, query: dict[str, list[str]], given: str | None = None) -> bool:
-        """The API key (when one is set) as `Authorization: Bearer`, `xi-api-key`, `?api_key=`,
-        `?xi_api_key=`, or `given` (an ElevenLabs init message's `xi_api_key`)."""
-        key = self.settings.api_key
-        if not key:
-            return True
-        header = headers.get("Authorization", "")
-        if given is None:
-            given = (header[7:] if header.startswith("Bearer ") else headers.get("xi-api-key")
-                     or (query.get("api_key") or query.get("xi_api_key") or [""])[0])
-        return hmac.compare_digest(given.encode(), key.encode())
-
-    def has_key(self, headers: Headers, query: dict[str, list[str]]) -> bool:
-        """Whether the request carries any API key at all (ElevenLabs may send it later, in its init)."""
-        return bool(headers.get("Authorization") or headers.get("xi-api-key") or query.get("api_key")
-                    or query.get("xi_api_key"))
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        query = parse_qs(url.query)
-        path = url.path
-        if path == "/v1/session":
-            if not self._authorized(request, query):
-                self.metrics.errors_total.inc(code="unauthorized")
-                return _response(401, b"missing or wrong API key (Authorization: Bearer KEY or ?api_key=KEY)\n",
-                                 "text/plain; charset=utf-8", {"WWW-Authenticate": "Bearer"})
-            if self.settings.socket_send_buffer:
-                sock = connection.transport.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.socket_send_buffer)
-            return None  # WebSocket handshake
-        if is_elevenlabs_path(path):
-            # no key at all: the init message may bring it (ElevenLabs' xi_api_key); a wrong one: refused now
-            refusal = refuse_reason(self, path, query)
-            if self.has_key(request.headers, query) and not self._authorized(request, query):
-                refusal = (401, "wrong API key")
-            if refusal is not None:
-                self.metrics.api_requests_total.inc(api="elevenlabs", status=str(refusal[0]))
-                self.metrics.errors_total.inc(code="unauthorized" if refusal[0] == 401 else "bad_request")
-                return _response(refusal[0], (refusal[1] + "\n").encode(), "text/plain; charset=utf-8")
-            return None
-        if path == "/healthz":
-            return _json(200, self.health())
-        if path == "/metrics":
-            if not self._authorized(request, query):
-                return _response(401, b"missing or wrong API key\n", "text/plain; charset=utf-8",
-                                 {"WWW-Authenticate": "Bearer"})
-            return _response(200, self.metrics.render().encode(), METRICS_CONTENT_TYPE)
-        return self._static(path)
-
-    def health(self) -> dict[str, Any]:
-        return {"ok": not self.shutting_down, "model": self.info.name, "model_kind": self.info.kind,
-                "device": str(self.engine.model.device), "sessions": len(self.sessions),
-                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1)}
-
-    def _static(self, path: str) -> Response:
-        name = "index.html" if path in ("/", "") else path.lstrip("/")
-        if "/" in name or "\\" in name or name.startswith(".") or Path(name).suffix not in CONTENT_TYPES:
-            return _response(404, b"not found\n", "text/plain; charset=utf-8")
-        file = self.static_dir / name
-        if not file.is_file():
-            if name == "index.html":
-                return _response(200, PLACEHOLDER_PAGE.encode(), CONTENT_TYPES[".html"])
-            return _response(404, b"not found\n", "text/plain; charset=utf-8")
-        return _response(200, file.read_bytes(), CONTENT_TYPES[file.suffix])
-
-    # ---- WebSocket --------------------------------------------------------------------------------
-    def _admit(self, query: dict[str, list[str]]) -> tuple[Session | None, tuple[str, int, str] | None]:
-        """(session, None) to attach to, or (None, (error code, close code, message))."""
-        if self.shutting_down:
-            return None, (protocol.SHUTTING_DOWN, protocol.CLOSE_GOING_AWAY, "server shutting down")
-        sid = (query.get("session") or [None])[0]
-        if sid is None:
-            if len(self.sessions) >= self.settings.max_sessions:
-                return None, (protocol.MAX_SESSIONS, protocol.CLOSE_TRY_AGAIN,
-                              f"server full: {self.settings.max_sessions} sessions (max_sessions); try later")
-            session = Session(self.engine, self.info, self.settings.session, self.metrics, self.tokenizer,
-                              self.rtc_settings, self.vad_defaults)
-            self.sessions[session.id] = session
-            self.metrics.sessions_total.inc()
-            return session, None
-        session = self.sessions.get(sid)
-        if session is None or session.closed:
-            return None, (protocol.UNKNOWN_SESSION, protocol.CLOSE_UNKNOWN_SESSION, f"unknown session {sid[:40]!r}")
-        token = (query.get("token") or [""])[0]
-        if not hmac.compare_digest(token.encode(), session.token.encode()):
-            return None, (protocol.BAD_TOKEN, protocol.CLOSE_BAD_TOKEN,
-                          f"wrong or missing token for session {sid[:40]}")
-        if len(session.connections) >= self.settings.session.max_connections:
-            return None, (protocol.TOO_MANY_CONNECTIONS, protocol.CLOSE_TOO_MANY_CONNECTIONS,
-                          f"session {sid[:40]} already has {len(session.connections)} connections")
-        return session, None
-
-    async def _handler(self, ws: ServerConnection) -> None:
-        assert ws.request is not None
-        url = urlsplit(ws.request.path)
-        query = parse_qs(url.query)
-        if is_elevenlabs_path(url.path):
-            await ElevenLabsSocket(self, ws, url.path, query).run()
-            return
-        conn = Connection(ws, self.settings.session.max_outgoing_bytes,
-                          on_error=lambda code: self.metrics.errors_total.inc(code=code))
-        session: Session | None = None
-        try:
-            session, refusal = self._admit(query)
-            if refusal is not None:
-                code, close_code, message = refusal
-                log.info("refused a connection: %s", message)
-                conn.send_error(code, message)
-                await conn.flush_and_close(close_code, message)
-                return
-            assert session is not None
-            session.attach(conn, owner="session" not in query)
-            max_bytes = self.settings.max_message_bytes
-            async for data in ws:
-                await session.handle(conn, data, max_bytes)
-                if not conn.open:
-                    break
-        except ConnectionClosed:
-            pass
-        finally:
-            if session is not None:
-                session.detach(conn)
-                if not session.connections and not self.shutting_down:
-                    await self._end_session(session)
-            await conn.aclose()
-
-    async def _end_session(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
-        await session.close()
-

@@ -14,10 +14,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
-
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from typing import Any, Protocol
 
 from agent.session import protocol
 
@@ -25,8 +22,22 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
+class SocketClosed(Exception):
+    """A send on a WebSocket that is closed or closing."""
+
+
+class Socket(Protocol):
+    """The WebSocket a connection writes to (the server adapts its own)."""
+
+    async def send(self, data: str | bytes) -> None:
+        """Send one message, waiting while the socket's write buffer is full (SocketClosed once it closed)."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (a no-op once closed)."""
+
+
 class Connection:
-    def __init__(self, ws: ServerConnection, max_outgoing_bytes: int,
+    def __init__(self, ws: Socket, max_outgoing_bytes: int,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.ws = ws
         self.id = next(_ids)
@@ -82,7 +93,7 @@ class Connection:
                 item = self._queue.popleft()
                 self._queued_bytes -= len(item)
                 await self.ws.send(item)
-        except ConnectionClosed:
+        except SocketClosed:
             self._closing = True
 
     def close_soon(self, code: int, reason: str) -> None:
