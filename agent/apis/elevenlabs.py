@@ -39,13 +39,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from agent.apis.context import ApiContext
 from agent.apis.output_format import OutputEncoder, OutputFormat, parse_output_format
-from agent.json_input import JsonInputError, loads_object
+from agent.apis.speech import ApiVoice, ApiVoiceError, resolve_voice
+from agent.boundary import JsonInputError, clean_text, loads_object
 from agent.media.frames import StreamFailed, frames
 from agent.session.alignment import Alignment, CharTimeline
 from agent.session.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY
 from agent.settings import ENGINE_FRAME_MS, SessionSettings
-from agent.text_input import clean_text
-from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
 if TYPE_CHECKING:
     from tts_engine import Stream

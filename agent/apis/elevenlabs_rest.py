@@ -3,7 +3,7 @@
     body: {"text": ..., "model_id"?, "voice_settings"?, "language_code"?}   (model_id, voice_settings: ignored)
     query: output_format (default mp3_44100_128, ElevenLabs' own), xi_api_key; header xi-api-key
 
-The text goes into the engine at once (split into engine-sized segments, agent.apis.segments); the stream
+The text goes into the engine at once (split into engine-sized segments, agent.apis.speech); the stream
 variant sends each 80 ms frame's encoded bytes as they are made, the whole one answers once the audio is
 complete, with its length. Errors are ElevenLabs-shaped: {"detail": {"status", "message"}} with 400 (bad body
 or format), 401 (key), 404 (unknown voice), 413/408 (body too large / too slow). LiveKit's ElevenLabs plugin
@@ -23,14 +23,11 @@ from starlette.routing import BaseRoute, Route
 
 from agent.apis.context import ApiContext
 from agent.apis.output_format import OutputEncoder, OutputFormat, parse_output_format
-from agent.apis.segments import split_text
-from agent.apis.speech import ApiError, read_body
-from agent.json_input import JsonInputError, loads_object
+from agent.apis.speech import ApiError, ApiVoice, ApiVoiceError, read_body, resolve_voice, split_text
+from agent.boundary import JsonInputError, clean_text, loads_object
 from agent.media.encoder import FORMATS
 from agent.media.frames import StreamFailed, frames
 from agent.settings import ENGINE_FRAME_MS
-from agent.text_input import clean_text
-from agent.voices.resolve import ApiVoice, ApiVoiceError, resolve_voice
 
 if TYPE_CHECKING:
     from tts_engine import Stream

@@ -18,13 +18,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from agent.apis.context import ApiContext
-from agent.apis.segments import split_text
-from agent.apis.speech import ApiError, SpeechRequest, SpeechResponse, read_body
-from agent.json_input import JsonInputError, loads_object
+from agent.apis.speech import (
+    ApiError,
+    ApiVoiceError,
+    SpeechRequest,
+    SpeechResponse,
+    read_body,
+    resolve_voice,
+    split_text,
+)
+from agent.boundary import JsonInputError, clean_text, loads_object
 from agent.media.encoder import FORMATS
 from agent.media.tempo import MAX_SPEED, MIN_SPEED
-from agent.text_input import clean_text
-from agent.voices.resolve import ApiVoiceError, resolve_voice
 
 SPEECH_PATH = "/v1/audio/speech"
 STREAM_FORMATS = ("audio", "sse")

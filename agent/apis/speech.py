@@ -1,11 +1,19 @@
-"""One POST /v1/audio/speech answer: the engine's audio, streamed as it is made.
+"""What the compatible APIs share, and the streamed answer of POST /v1/audio/speech.
 
-The input (split into segments an engine stream can hold, agent.apis.segments) goes into the engine's text
-track at once, and each 80 ms frame is encoded (agent.media.encoder) and sent as one chunk as soon as the engine
-makes it; nothing waits for the whole utterance. Sends wait while the client's socket is full (backpressure),
-and a client that disconnects cancels the response at once: each segment's engine stream is stopped by the
-`with` block that holds it. The first stream opens before the status line, so a voice the engine refuses is
-still a 400; after the first byte an error can only cut the body short (no final chunk).
+Shared: `ApiError` (OpenAI-shaped), `read_body` (bounded in size and time), `split_text` (long text -> engine-
+sized segments) and `resolve_voice` (the catalogue's voice rules, its errors named by request parameter).
+
+Long text -> pieces an engine stream can hold, cut where speech pauses anyway: an engine stream holds prompt +
+frames in `max_positions` (about a minute of speech), so a long request is spoken as consecutive streams. Cuts
+fall after a sentence end where one exists in the window, else at the last whitespace, else (one long word) at
+the window's end. Pieces keep their whitespace: joined they are the text again.
+
+The answer: the input (split into segments) goes into the engine's text track at once, and each 80 ms frame is
+encoded (agent.media.encoder) and sent as one chunk as soon as the engine makes it; nothing waits for the whole
+utterance. Sends wait while the client's socket is full (backpressure), and a client that disconnects cancels
+the response at once: each segment's engine stream is stopped by the `with` block that holds it. The first
+stream opens before the status line, so a voice the engine refuses is still a 400; after the first byte an
+error can only cut the body short (no final chunk).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +37,8 @@ from agent.media.encoder import AudioEncoder
 from agent.media.frames import StreamFailed, frames
 from agent.media.tempo import TimeStretch
 from agent.settings import ENGINE_FRAME_MS
-from agent.voices.resolve import ApiVoice
+from agent.voices.catalogue import ModelInfo, ResolvedVoice
+from agent.voices.errors import VoiceError
 
 if TYPE_CHECKING:
     from tts_engine import Stream
@@ -37,6 +47,50 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024  # more -> 413
 BODY_TIMEOUT_S = 10.0  # the whole body must arrive this soon -> else 408 (a slow sender holds no task for long)
+
+
+_SENTENCE_END = re.compile(r"[.!?;:。！？；：…]+[\"')\]»”’]*\s+|[。！？]")
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    if max_chars < 1:
+        raise ValueError("max_chars must be positive")
+    pieces: list[str] = []
+    pos = 0
+    while len(text) - pos > max_chars:
+        window = text[pos:pos + max_chars]
+        cut = 0
+        for match in _SENTENCE_END.finditer(window):
+            cut = match.end()
+        if cut == 0:
+            space = max(window.rfind(" "), window.rfind("\n"), window.rfind("\t"))
+            cut = space + 1 if space > 0 else max_chars
+        pieces.append(window[:cut])
+        pos += cut
+    if pos < len(text) or not pieces:
+        pieces.append(text[pos:])
+    return pieces
+
+
+ApiVoice = ResolvedVoice  # name, stream_args, warning: what the API modules read
+PARAMS = {"instruct": "instructions"}  # VoiceError.field -> request parameter, where the two differ
+
+
+class ApiVoiceError(VoiceError):
+    """A VoiceError as an API reports it: `param` names the request parameter."""
+
+    @property
+    def param(self) -> str:
+        return PARAMS.get(self.field, self.field)
+
+
+def resolve_voice(info: ModelInfo, name: str, language: str | None = None,
+                  instruct: str | None = None) -> ApiVoice:
+    """An API request always names its voice (an empty name is an unknown voice, not the default)."""
+    try:
+        return info.resolve(name, language, instruct)
+    except VoiceError as exc:
+        raise ApiVoiceError(exc.message, exc.code, exc.field) from None
 
 
 class ApiError(Exception):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from agent.voices.catalogue import ResolvedVoice
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # tts_engine.checkpoints.precision.PRECISION_CHOICES (not imported: no torch at parse time)
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 PRECISION_HELP = ("talker/code-predictor weights: auto (default) = bf16 on CUDA, fp32 on a CPU; fp32 is exact "
@@ -190,6 +191,10 @@ def _synth_streaming(model, args: argparse.Namespace, voice: dict):  # type: ign
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from agent.server.middleware import RequestIdFormatter
+
+    for handler in logging.getLogger().handlers:  # an HTTP request's lines carry its x-request-id
+        handler.setFormatter(RequestIdFormatter(LOG_FORMAT))
     from agent.settings import ServerSettings, SessionSettings
 
     settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or None,
@@ -355,11 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    from agent.server.request_id import RequestIdFormatter
-
-    for handler in logging.getLogger().handlers:  # an HTTP request's lines carry its x-request-id
-        handler.setFormatter(RequestIdFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:  # CheckpointError and bad input: one clear line

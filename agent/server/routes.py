@@ -33,8 +33,7 @@ from agent.apis import elevenlabs, elevenlabs_rest, openai
 from agent.apis.context import ApiContext
 from agent.apis.speech import ApiError
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from agent.server.guard import HeaderGuard
-from agent.server.request_id import RequestIdMiddleware
+from agent.server.middleware import HeaderGuard, RequestIdMiddleware
 from agent.server.sessions import Sessions
 from agent.settings import ServerSettings
 

@@ -10,7 +10,7 @@ Three settings that uvicorn does not expose are applied per connection, by small
 - `write_limit` (the transport's high-water mark: sends wait above it) and `socket_send_buffer` (SO_SNDBUF);
 - `max_incoming_queue`: WebSocket messages read ahead before reading pauses (TCP backpressure).
 A head over `MAX_HEAD_BYTES` that h11 refuses (unfinished, or bad) is answered 431 where uvicorn says 400 to
-every parse error (a good one that large is refused by agent.server.guard); log records go to our logger names.
+every parse error (a good one that large is refused by agent.server.middleware); log records go to our logger names.
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from agent.json_input import JsonInputError, loads_object
-from agent.text_input import clean_text
+from agent.boundary import JsonInputError, clean_text, loads_object
 
 # ---- error codes ---------------------------------------------------------------------------------
 BAD_JSON = "bad_json"  # not JSON, or not a JSON object

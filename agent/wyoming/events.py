@@ -13,7 +13,7 @@ from typing import Any
 
 from wyoming.tts import SynthesizeVoice
 
-from agent.text_input import clean_text
+from agent.boundary import clean_text
 
 MAX_NAME_CHARS = 256  # voice.name / speaker / language: far above any real one, small enough to echo in an error
 
@@ -39,7 +39,7 @@ def _json_type(value: Any) -> str:
 
 
 def text_of(data: dict[str, Any], event_type: str) -> str:
-    """The required `text` of a synthesize / synthesize-chunk event (not yet cleaned: see agent.text_input)."""
+    """The required `text` of a synthesize / synthesize-chunk event (not yet cleaned: see agent.boundary)."""
     text = _optional_str(data, "text", f"{event_type}: ")
     if text is None:
         raise BadEvent(f"{event_type}: text is required")

@@ -19,7 +19,7 @@ from typing import Any
 
 from wyoming.event import Event
 
-from agent.json_input import JsonInputError, loads_object
+from agent.boundary import JsonInputError, loads_object
 from agent.wyoming.events import BadEvent
 
 MAX_DATA_BYTES = 1024 * 1024  # the JSON block after the header (a whole synthesize text fits many times)

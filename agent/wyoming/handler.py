@@ -46,10 +46,10 @@ from wyoming.ping import Pong
 from wyoming.server import AsyncEventHandler, AsyncServer, AsyncTcpServer
 from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 
+from agent.boundary import clean_text
 from agent.media.frames import StreamFailed, frames
 from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
 from agent.signals import wait_for_stop_signal
-from agent.text_input import clean_text
 from agent.voices.catalogue import ModelInfo, ResolvedVoice
 from agent.voices.errors import VoiceError
 from agent.wyoming.events import BadEvent, ping_text, text_of, voice_of

@@ -249,3 +249,31 @@ async def test_livekit_elevenlabs_plugin_streams_its_default_mp3_and_synthesizes
         assert abs(len(rest) / 22050 - len(want) / 24000) <= 0.15
         await tts.aclose()
     assert wait_no_streams(server.engine) == 0
+
+
+async def test_request_id_reaches_the_log_lines_of_its_request() -> None:
+    """The middleware's id is what RequestIdFormatter appends to a record logged while the request runs."""
+    import logging
+
+    from agent.server.middleware import RequestIdFormatter, RequestIdMiddleware, current
+
+    formatter = RequestIdFormatter("%(message)s")
+    lines: list[str] = []
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        lines.append(formatter.format(logging.LogRecord("t", logging.INFO, __file__, 1, "inside", None, None)))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await RequestIdMiddleware(app)({"type": "http", "headers": [(b"x-request-id", b"abc-123")]}, None, send)
+    assert lines == ["inside request_id=abc-123"] and (b"x-request-id", b"abc-123") in sent[0]["headers"]
+    assert current.get() is None
+    assert formatter.format(logging.LogRecord("t", logging.INFO, __file__, 1, "outside", None, None)) == "outside"
+    sent.clear()
+    await RequestIdMiddleware(app)({"type": "http", "headers": [(b"x-request-id", b"bad id\xff")]}, None, send)
+    made = dict(sent[0]["headers"])[b"x-request-id"]
+    assert made.startswith(b"req_") and lines[-1].endswith(made.decode())  # an unsafe id is replaced

@@ -1,6 +1,6 @@
 """Lone surrogates (a UTF-16 string cut between the halves of an emoji, sent as JSON "\\ud83d") on every surface.
 
-The one rule (agent.text_input): replaced by U+FFFD before any engine stream sees the text. 100 such requests
+The one rule (agent.boundary): replaced by U+FFFD before any engine stream sees the text. 100 such requests
 per surface leave no engine stream behind, and a normal request still speaks afterwards. Before the rule, the
 OpenAI endpoint answered 500 and kept its engine row: after `max_streams` such requests all speech stopped.
 """
@@ -18,7 +18,7 @@ from wyoming.audio import AudioStop
 from wyoming.error import Error
 from wyoming.event import async_read_event
 
-from agent.text_input import REPLACEMENT, clean_text
+from agent.boundary import REPLACEMENT, clean_text
 from agent.wyoming.handler import WyomingService, WyomingSettings
 
 from .conftest import ServerThread, session_client, wait_no_streams

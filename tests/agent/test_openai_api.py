@@ -13,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 
-from agent.apis.segments import split_text
+from agent.apis.speech import split_text
 from agent.settings import ApiSettings
 
 from .audio_compare import assert_close_lossy, decode, engine_pcm

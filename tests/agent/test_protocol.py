@@ -66,7 +66,7 @@ def test_bad_messages_get_stable_codes(data: str | bytes, code: str) -> None:
 
 
 def test_text_is_cleaned_by_the_one_boundary_rule() -> None:
-    """A lone surrogate becomes U+FFFD and control characters go (agent.text_input), not a refusal."""
+    """A lone surrogate becomes U+FFFD and control characters go (agent.boundary), not a refusal."""
     msg = protocol.parse_client_message('{"type": "text.append", "text": "a\\ud800b\\u0000c"}', 1 << 16)
     assert isinstance(msg, protocol.TextAppend) and msg.text == "a\ufffdbc"
     update = protocol.parse_client_message('{"type": "session.update", "instruct": "x\\udfff"}', 1 << 16)

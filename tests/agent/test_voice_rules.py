@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from agent.apis.speech import ApiVoiceError, resolve_voice
 from agent.session import protocol
 from agent.voices.catalogue import ModelInfo, VoiceEntry
 from agent.voices.errors import INSTRUCT_UNSUPPORTED, UNKNOWN_VOICE, UNSUPPORTED_LANGUAGE, VoiceError
-from agent.voices.resolve import ApiVoiceError, resolve_voice
 
 from .conftest import ServerThread, session_client
 

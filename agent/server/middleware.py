@@ -1,4 +1,11 @@
-"""Requests that the HTTP parser lets through but HTTP forbids, refused before any route sees them.
+"""The serve port's two HTTP middlewares, in front of every route.
+
+`RequestIdMiddleware`: `x-request-id` on every HTTP response, and the same id in the log records of that
+request (`RequestIdFormatter`). OpenAI's SDKs (and LiveKit's OpenAI plugin) read the header and warn when it is
+missing; it is also the one handle a user has to find a failed request in the server's log. A client's own
+`x-request-id` (a short token) is kept, else one is made. Pure ASGI: streamed responses pass through untouched.
+
+`HeaderGuard`: requests that the HTTP parser lets through but HTTP forbids, refused before any route sees them.
 
 h11 parses a request whose head arrived whole however large it is, accepts control bytes other than NUL and
 whitespace in header values, and lets Transfer-Encoding override a Content-Length. Each of these is refused
@@ -11,10 +18,13 @@ closes after the answer:
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import re
+import uuid
 
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from agent.server.transport import MAX_HEAD_BYTES
@@ -51,3 +61,41 @@ class HeaderGuard:
             await WebSocket(scope, receive, send).send_denial_response(answer)
         else:
             await answer(scope, receive, send)
+
+
+HEADER = b"x-request-id"
+_SANE = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+current: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == HEADER), None)
+        rid = given.decode() if given is not None and _SANE.fullmatch(given) else f"req_{uuid.uuid4().hex[:24]}"
+        token = current.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
+                message = {**message, "headers": [*headers, (HEADER, rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current.reset(token)
+
+
+class RequestIdFormatter(logging.Formatter):
+    """Appends `request_id=...` to records logged while a request is being answered."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = current.get()
+        return f"{line} request_id={rid}" if rid else line
