@@ -94,12 +94,28 @@ class _HttpProtocol(H11Protocol):
         self.transport.close()
 
 
+class ClientFaults(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 text frame as an exception with a traceback; it is the client's
+    fault, answered by closing 1007: one INFO line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Invalid UTF-8 sequence received from client"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+            record.msg, record.args = "a client sent a text frame that is not UTF-8: closed 1007", ()
+        return True
+
+
+WEBSOCKET_LOG = logging.getLogger("agent.server.websocket")
+WEBSOCKET_LOG.addFilter(ClientFaults())
+
+
 class _WebSocketProtocol(WebSocketsSansIOProtocol):
     settings: ServerSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.logger = logging.getLogger("agent.server.websocket")
+        self.logger = WEBSOCKET_LOG
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn pauses reading after every message (`receive` resumes it once the queue is drained): here it

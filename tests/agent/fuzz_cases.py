@@ -22,7 +22,8 @@ SESSION_WARNINGS = {"instruct_ignored"}
 WS_CLOSE_CODES = {1000, 1007, 1008, 1009}
 # docs/openai.md, Errors
 OPENAI_CODES = {"invalid_json", "missing_required_parameter", "invalid_value", "string_above_max_length",
-                "unsupported_value", "invalid_api_key", "not_found", "method_not_allowed"}
+                "unsupported_value", "invalid_api_key", "not_found", "method_not_allowed", "request_too_large",
+                "request_timeout"}
 OPENAI_STATUSES = {200, 400, 401, 404, 405, 413}
 OPENAI_UNCODED = {411, 413, 431}  # the HTTP layer's refusals: OpenAI-shaped, with no code
 # any request on the serve port: the API's statuses, the HTTP layer's refusals (docs/openai.md), 426 for a
@@ -30,7 +31,7 @@ OPENAI_UNCODED = {411, 413, 431}  # the HTTP layer's refusals: OpenAI-shaped, wi
 HTTP_STATUSES = {100, 200, 400, 401, 404, 405, 411, 413, 414, 426, 431}
 # docs/elevenlabs.md, Errors
 ELEVENLABS_ERRORS = {"invalid_message", "message_too_large", "context_not_found", "context_closing",
-                     "max_active_conversations", "text_limit", "invalid_api_key"}
+                     "max_active_conversations", "text_limit", "invalid_api_key", "queue_full", "engine_error"}
 # docs/wyoming.md, Errors
 WYOMING_ERRORS = {"unknown_voice", "unknown_speaker", "unsupported_language", "invalid_voice", "no_stream",
                   "stream_open", "text_too_long", "bad_event", "engine_error"}

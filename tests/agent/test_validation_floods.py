@@ -85,10 +85,10 @@ OPENAI_STEPS: dict[str, tuple[bytes, str]] = {
     "input not a string": (json.dumps({**GOOD, "input": 5}).encode(), "invalid_value"),
     "empty input": (json.dumps({**GOOD, "input": "  "}).encode(), "invalid_value"),
     "input too long": (json.dumps({**GOOD, "input": "x" * 4097}).encode(), "string_above_max_length"),
-    "unknown voice": (json.dumps({**GOOD, "voice": "alloy"}).encode(), "invalid_value"),
+    "unknown voice": (json.dumps({**GOOD, "voice": "nobody"}).encode(), "invalid_value"),  # (alloy: an alias)
     "bad format": (json.dumps({**GOOD, "response_format": "mp4"}).encode(), "invalid_value"),
     "bad stream format": (json.dumps({**GOOD, "stream_format": "video"}).encode(), "invalid_value"),
-    "speed": (json.dumps({**GOOD, "speed": 2.0}).encode(), "unsupported_value"),
+    "speed": (json.dumps({**GOOD, "speed": 9.0}).encode(), "invalid_value"),  # (0.25-4.0 is time-stretched)
 }
 
 
