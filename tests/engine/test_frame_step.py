@@ -211,3 +211,21 @@ def test_inductor_step_equals_eager_greedy_and_sampled(tiny_checkpoint, tiny_mod
         assert np.abs(_pcm(frames) - solo.audio).max() < 1e-4 + 4 / 32767, text
     assert not counters["graph_break"]
     assert counters["stats"]["unique_graphs"] == 2  # the talker's graph and the rest of the step's
+
+
+def test_warm_up_runs_on_the_engine_thread_and_its_failure_reaches_the_caller(tiny_checkpoint, fresh_dynamo) -> None:  # type: ignore[no-untyped-def]
+    """Graphs are guarded on thread-local state and CUDA graph trees are per thread: warming up on another thread
+    than the live steps' would trace or record them again in live traffic."""
+    model = load_model(tiny_checkpoint("custom_voice"), device="cpu")
+    threads: list[str] = []
+    settings = EngineSettings(max_streams=1, max_positions=128, compile=True, compile_backend="eager", buckets=(1,))
+    with Engine(model, settings, progress=lambda line: threads.append(threading.current_thread().name)) as engine:
+        assert threads == ["voicegate-engine"] and engine.scheduler.frame_step.ready
+        frames = list(engine.open_stream(speaker="vivian", greedy=True, text="Hi."))
+        assert frames
+    assert counters["stats"]["unique_graphs"] == 2  # warmed up once, no trace again for the live frames
+    broken = EngineSettings(max_streams=1, max_positions=128, compile=True, compile_backend="no-such-backend",
+                            buckets=(1,))
+    with pytest.raises(Exception, match="no-such-backend"):
+        Engine(model, broken)
+    assert not model.engine_active  # the model can drive another engine

@@ -98,7 +98,6 @@ class Scheduler:
             self.frame_step = FrameStep(model, settings.max_streams, settings.max_positions,
                                         compile=compiled, windows=settings.kv_windows,
                                         buckets=settings.buckets, backend=settings.compile_backend)
-            self.warm_up_s = self.frame_step.warm_up(progress) if settings.warm_up and compiled else 0.0
         except BaseException:
             model.engine_active = False
             raise
@@ -113,8 +112,21 @@ class Scheduler:
         # Per-step timings, filled only when `profile` is set (benchmarks).
         self.profile = False
         self.timings: collections.deque[dict[str, float]] = collections.deque(maxlen=100_000)
-        self._thread = threading.Thread(target=self._run, name="voicegate-engine", daemon=True)
+        # Warm-up runs on the engine thread, where every live step runs: compiled graphs are guarded on thread-
+        # local state and CUDA graph trees are per thread, so graphs warmed up (recorded) on another thread would
+        # be traced or recorded again in live traffic. The constructor returns once it is done (or has failed).
+        self.warm_up_s = 0.0
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        warm = progress if settings.warm_up and compiled else None
+        self._thread = threading.Thread(target=self._run, args=(settings.warm_up and compiled, warm),
+                                        name="voicegate-engine", daemon=True)
         self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            model.engine_active = False
+            raise self._start_error
 
     # ---- called from any thread ----------------------------------------------------------------
     def submit(self, stream: Stream) -> None:
@@ -141,8 +153,16 @@ class Scheduler:
         return len(self._rows)
 
     # ---- engine thread -------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, warm_up: bool, progress: Callable[[str], None] | None) -> None:
         torch.set_grad_enabled(False)
+        try:
+            if warm_up:
+                self.warm_up_s = self.frame_step.warm_up(progress)
+        except BaseException as exc:  # raised by the constructor, in the caller's thread
+            self._start_error = exc
+            return
+        finally:
+            self._ready.set()
         while not self._stop:
             self._wake.wait(timeout=0.5)
             self._wake.clear()
