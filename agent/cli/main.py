@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.cli.engine_options import add_engine_arguments
+from agent.cli.stt_options import add_stt_arguments
 from agent.cli.voices import add_parser as add_voices_parser
 from agent.cli.voices import add_voices_dir
 from agent.voices.aliases import parse_aliases
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                     type=_alias_spec, help="answer to NAME as VOICE, e.g. alloy=vivian (repeatable; OpenAI's voice "
                                            "names have a default mapping: see docs/openai.md)")
     sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_stt_arguments(sv)
     add_voices_dir(sv)
     sv.set_defaults(func=cmd_serve)
 
@@ -352,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     wy.add_argument("--greedy", action="store_true", help="argmax after the official logits processors")
     wy.add_argument("--max-streams", type=int, default=16, help="engine cache rows (streams batched together)")
     wy.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_stt_arguments(wy)
     add_voices_dir(wy)
     wy.set_defaults(func=cmd_wyoming)
     add_voices_parser(sub)
