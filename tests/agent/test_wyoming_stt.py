@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from wyoming.tts import Synthesize
 from agent.cli.main import main
 from agent.speech_in.faster_whisper import FasterWhisperRecognizer, FasterWhisperSettings
 from agent.speech_in.recognizer import Transcript as SttTranscript
-from agent.speech_in.service import RecognizerService
+from agent.speech_in.service import RecognizerService, ServiceSettings
 from agent.wyoming.asr import MAX_AUDIO_S, agreed_words
 from agent.wyoming.audio_in import AudioFormat, AudioIn, BadAudio, format_of
 from agent.wyoming.handler import WyomingService, WyomingSettings
@@ -274,6 +275,52 @@ async def test_a_failing_recognizer_is_stt_failed_and_the_request_still_ends(eng
         assert Error.from_event(events[1]).code == "stt_failed" and "decoder exploded" in events[1].data["text"]
         await c.write_event(Ping(text="ok").event())
         assert (await read(c)).type == "pong"
+
+
+class Held:
+    """A backend that holds each request until `gate` opens (a real decode cannot be held at will)."""
+
+    name = "held"
+    languages = ("en",)
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def transcribe(self, pcm16k: np.ndarray, language: str | None = None, *,
+                   partial: bool = False) -> SttTranscript:
+        self.entered.set()
+        self.gate.wait(20)
+        return SttTranscript(text=f"{len(pcm16k)} samples", language="en")
+
+
+async def test_a_full_recognizer_queue_is_stt_busy_and_the_others_are_answered(engine: Any) -> None:
+    """One final decoding, one waiting (--stt-max-pending 1): a third is refused at once, not queued."""
+    backend = Held()
+    stt = RecognizerService(backend, ServiceSettings(max_pending=1))
+    svc = WyomingService(engine, WyomingSettings(uri="tcp://127.0.0.1:0"), model_name="tiny", recognizer=stt)
+    await svc.start()
+    try:
+        async with client(svc) as a, client(svc) as b, client(svc) as c:
+            await send_audio(a, bytes(3200))
+            await asyncio.to_thread(backend.entered.wait, 10)
+            await send_audio(b, bytes(6400))
+            async with asyncio.timeout(10):
+                while not stt.pending:
+                    await asyncio.sleep(0.01)
+            await send_audio(c, bytes(9600))
+            err = Error.from_event(await read(c))
+            assert err.code == "stt_busy"
+            assert Transcript.from_event(await read(c)).text == ""
+            backend.gate.set()
+            assert Transcript.from_event(await read(a)).text == "1600 samples"
+            assert Transcript.from_event(await read(b)).text == "3200 samples"
+            await send_audio(c, bytes(9600))  # the refused client goes on
+            assert Transcript.from_event(await read(c)).text == "4800 samples"
+    finally:
+        backend.gate.set()
+        await svc.stop()
+        await stt.close()
 
 
 def test_chunks_carry_only_words_that_followed_what_was_sent() -> None:
