@@ -25,6 +25,11 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
                         help="this replica's name, the prefix of its session ids (a proxy routes on it): a DNS "
                              "label (a-z, 0-9, '-'; 1-63 characters). Default: $VOICEGATE_REPLICA_ID, else the "
                              "host name's first label")
+    parser.add_argument("--drain-grace", "--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT: how long utterances in flight may play on while the server "
+                             "drains (new sessions refused, /healthz 503); each session then closes with 1012 "
+                             "(reconnect). A second signal stops at once. Kubernetes' "
+                             "terminationGracePeriodSeconds must exceed it plus the preStop sleep (default 30)")
     parser.add_argument("--public-url", type=_checked(check_public_url), metavar="URL",
                         help="where clients reach this server, e.g. https://voice.example.com: session.created's "
                              "join_url is then an absolute wss:// URL (default: the path alone)")
@@ -32,4 +37,4 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fleet_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The ServerSettings fields of these flags."""
-    return {"replica_id": args.replica_id, "public_url": args.public_url}
+    return {"replica_id": args.replica_id, "public_url": args.public_url, "drain_grace_s": args.drain_grace}
