@@ -69,6 +69,9 @@ class ServerSettings:
     # SIGTERM/SIGINT (Server.drain): how long utterances in flight may play on before their sessions close for a
     # restart. Kubernetes' terminationGracePeriodSeconds must exceed it plus the preStop sleep (docs/scaling.md)
     drain_grace_s: float = 30.0
+    # Streams this replica serves in real time (the autoscaler's target; set it from bench figures). None: the
+    # engine's max_streams
+    capacity_streams: int | None = None
     static_dir: Path | None = None  # the page at "/" (default: the installed web_client package)
     voices_dir: Path | None = None  # saved voices next to the presets (None: presets only; CLI: default dir)
     # browser origins allowed to call the HTTP APIs cross-origin (CORS), e.g. "https://app.example"; "*" for any.

@@ -83,6 +83,10 @@ class Server:
                 lambda: sum(len(s.utterances.live()) for s in sessions.values()))
         m.gauge("voicegate_engine_streams", "Streams the engine is stepping.",
                 lambda: self.engine.scheduler.live_streams)
+        capacity = self.settings.capacity_streams or self.engine.settings.max_streams
+        m.gauge("voicegate_engine_capacity_streams",
+                "Streams this replica serves in real time (--capacity-streams, set from bench figures; default "
+                "the engine's max streams): scale on voicegate_engine_streams against it.", lambda: capacity)
         m.gauge("voicegate_engine_steps", "Engine steps so far (monotonic).", lambda: self.engine.scheduler.steps)
         m.gauge("voicegate_engine_graph_recordings_after_ready",
                 "CUDA graphs recorded after warm-up, in live traffic (a first-frame spike each; should stay 0).",

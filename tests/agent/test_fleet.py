@@ -63,13 +63,16 @@ def test_join_base_is_a_path_or_the_websocket_url_under_the_public_url() -> None
 
 def test_serve_checks_its_fleet_flags_before_loading_a_model(monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    for flags in (["--replica-id", "Blue_1"], ["--public-url", "ftp://x"]):
+    for flags in (["--replica-id", "Blue_1"], ["--public-url", "ftp://x"], ["--capacity-streams", "0"],
+                  ["--capacity-streams", "2.5"]):
         with pytest.raises(SystemExit) as exited:
             build_parser().parse_args(["serve", *flags])
         assert exited.value.code == 2
     assert "DNS label" in capsys.readouterr().err
     args = build_parser().parse_args(["serve", "--replica-id", "blue-1", "--public-url", "https://v.example"])
-    assert fleet_settings(args) == {"replica_id": "blue-1", "public_url": "https://v.example", "drain_grace_s": 30}
+    assert fleet_settings(args) == {"replica_id": "blue-1", "public_url": "https://v.example", "drain_grace_s": 30,
+                                    "capacity_streams": None}
+    assert fleet_settings(build_parser().parse_args(["serve", "--capacity-streams", "12"]))["capacity_streams"] == 12
     for flag in ("--drain-grace", "--shutdown-grace"):  # the old name still works
         assert fleet_settings(build_parser().parse_args(["serve", flag, "2.5"]))["drain_grace_s"] == 2.5
     monkeypatch.setenv("VOICEGATE_REPLICA_ID", "green-2")
@@ -135,6 +138,27 @@ async def test_a_session_that_is_not_here_is_refused_4404_at_once(server: Server
     assert err["type"] == "error" and err["code"] == protocol.UNKNOWN_SESSION
     assert closed.value.rcvd is not None and closed.value.rcvd.code == protocol.CLOSE_UNKNOWN_SESSION
     assert time.monotonic() - started < 5
+
+
+# ---- capacity ------------------------------------------------------------------------------------------
+
+def gauge(metrics: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+async def test_capacity_is_published_beside_the_live_streams(server: ServerThread, start_server: Any) -> None:
+    status, _, body = await asyncio.to_thread(http_get, server.url + "/metrics")
+    assert status == 200 and "# TYPE voicegate_engine_capacity_streams gauge" in body
+    assert gauge(body, "voicegate_engine_capacity_streams") == server.engine.settings.max_streams  # the default
+    srv: ServerThread = start_server(capacity_streams=3)
+    async with session_client(srv.ws_url) as (client, _):
+        await client.send(type="text.append", text="Counting streams while this one plays. ")
+        await client.expect("audio.first")
+        _, _, body = await asyncio.to_thread(http_get, srv.url + "/metrics")
+        assert gauge(body, "voicegate_engine_capacity_streams") == 3
+        assert gauge(body, "voicegate_engine_streams") >= 1  # this session's stream, at least
 
 
 # ---- drain (SIGTERM) -----------------------------------------------------------------------------------
