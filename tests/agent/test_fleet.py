@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -225,8 +226,7 @@ async def test_drain_refuses_new_work_and_lets_live_speech_finish(start_server: 
             await producer.send(type="text.flush")
             done = await speaking.expect("utterance.done", timeout=30)
             assert done["text_fed"] == "The agent is still in the middle of a sentence. "
-            assert not drained.done()  # it waited for the speech
-            await closed_for_restart(speaking)
+            await closed_for_restart(speaking)  # after utterance.done: `expect` fails on a close before it
             await closed_for_restart(producer)
         await asyncio.wait_for(drained, 10)
     assert srv.call(lambda: len(srv.server.sessions)) == 0  # type: ignore[union-attr]
@@ -317,3 +317,21 @@ async def test_a_second_signal_stops_at_once(tiny_checkpoint: Any) -> None:
         async with asyncio.timeout(10):
             assert await proc.wait() == 1
         assert time.monotonic() - started < 10
+
+
+def test_a_streamed_answer_in_flight_at_the_drain_is_finished(start_server: Any) -> None:
+    srv: ServerThread = start_server(drain_grace_s=30.0)
+    assert srv.server is not None
+    body = json.dumps({"model": "tts-1", "input": "An answer that was asked for before the drain.",
+                       "voice": "vivian", "response_format": "pcm"}).encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        got = sock.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200 ")
+        drained = asyncio.run_coroutine_threadsafe(srv.server.drain(), srv.loop)
+        while chunk := sock.recv(65536):
+            got += chunk
+            if got.endswith(b"0\r\n\r\n"):
+                break
+        assert got.endswith(b"0\r\n\r\n")  # whole: the final chunk came
+        drained.result(10)
