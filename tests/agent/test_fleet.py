@@ -95,7 +95,8 @@ async def get_json(url: str) -> tuple[int, dict[str, Any]]:
 async def test_session_ids_start_with_the_replica_and_join_url_joins(start_server: Any) -> None:
     srv: ServerThread = start_server(replica_id="blue-1")
     status, health = await get_json(srv.url + "/healthz")
-    assert status == 200 and health["replica"] == "blue-1"
+    assert status == 200 and (health["replica"], health["status"]) == ("blue-1", "serving")
+    assert await get_json(srv.url + "/livez") == (200, {"ok": True, "status": "serving"})
     async with session_client(srv.ws_url) as (owner, created):
         sid, token = created["session"], created["token"]
         assert re.fullmatch(r"blue-1\.sess_[0-9a-f]{16}", sid) and created["replica"] == "blue-1"
@@ -205,6 +206,7 @@ async def test_drain_refuses_new_work_and_lets_live_speech_finish(start_server: 
         await closed_for_restart(idle)  # nothing played there: closed at once
         status, health = await get_json(srv.url + "/healthz")
         assert status == 503 and (health["ok"], health["status"]) == (False, "draining")
+        assert await get_json(srv.url + "/livez") == (200, {"ok": True, "status": "draining"})
         await refused_as_new_session(srv.ws_url)
         body = json.dumps({"model": "tts-1", "input": "Hi.", "voice": "vivian"}).encode()
         status, headers, answer = await asyncio.to_thread(request, srv.url + "/v1/audio/speech", body)
