@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.cli.engine_options import add_engine_arguments
+from agent.cli.fleet_options import add_fleet_arguments, fleet_settings
 from agent.cli.stt_options import add_stt_arguments
 from agent.cli.voices import add_parser as add_voices_parser
 from agent.cli.voices import add_voices_dir
@@ -200,11 +201,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or None,
                               max_sessions=args.max_sessions, max_message_bytes=args.max_message_bytes,
-                              shutdown_grace_s=args.shutdown_grace, engine_nice=args.engine_nice,
+                              engine_nice=args.engine_nice,
                               static_dir=Path(args.static_dir) if args.static_dir else None,
                               voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
                               cors_origins=tuple(args.cors_origin or ()),
                               voice_aliases=parse_aliases(",".join(args.voice_alias or ())),
+                              **fleet_settings(args),
                               session=SessionSettings(max_utterance_chars=args.max_utterance_chars,
                                                       audio_lead_ms=args.audio_lead_ms,
                                                       start_buffer_ms=args.start_buffer_ms,
@@ -234,11 +236,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     try:
-        asyncio.run(server.run(on_started=started))
+        drained = asyncio.run(server.run(on_started=started))
     finally:
         engine.close()
-    print("voicegate: stopped", file=sys.stderr)
-    return 0
+    print("voicegate: stopped" if drained else "voicegate: stopped without draining (second signal)",
+          file=sys.stderr)
+    return 0 if drained else 1
 
 
 def cmd_wyoming(args: argparse.Namespace) -> int:
@@ -324,8 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: ignore user speech that starts this soon after playback starts")
     sv.add_argument("--ice-server", action="append", metavar="URL",
                     help="STUN/TURN server URL for WebRTC (repeatable; default: none, host candidates only)")
-    sv.add_argument("--shutdown-grace", type=float, default=5.0,
-                    help="seconds in-flight utterances get to finish on SIGINT/SIGTERM")
     sv.add_argument("--engine-nice", type=int, default=5,
                     help="nice value of the engine thread, so that paced audio and barge-in win the CPU (0: off)")
     sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")
@@ -338,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_stt_arguments(sv)
     add_voices_dir(sv)
+    add_fleet_arguments(sv)
     sv.set_defaults(func=cmd_serve)
 
     wy = sub.add_parser("wyoming", help="Home Assistant: a Wyoming TTS server with streaming synthesis (and "
