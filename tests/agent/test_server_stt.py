@@ -157,7 +157,8 @@ async def test_min_words_barge_in_ignores_a_hum_and_takes_a_sentence(
     async with session_client(server.ws_url) as (client, _):
         rtc = await connect_rtc(client, barge_in={"enabled": True, "min_words": 3})
         try:
-            assert client.events[-1]["config"]["barge_in_min_words"] == 3
+            updated = next(e for e in client.events if e["type"] == "session.updated")
+            assert updated["config"]["barge_in_min_words"] == 3
             await client.send(type="text.append", text=LONG_TEXT * 3)
             await client.send(type="text.flush")
             first = await client.expect("audio.first")
