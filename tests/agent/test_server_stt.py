@@ -246,3 +246,19 @@ async def test_an_over_long_turn_is_cut_at_the_cap_into_capped_finals(
             assert heard and heard[0] == "please", heard
         finally:
             await rtc.close()
+
+
+async def test_the_open_turn_ends_when_the_mic_goes_away(
+        stt_server: Callable[..., ServerThread], recognizer: Any, sentence_48k: np.ndarray) -> None:
+    server = stt_server(recognizer)
+    async with session_client(server.ws_url) as (client, _):
+        rtc = await connect_rtc(client, transcription={"partials": False})
+        try:
+            rtc.speak(sentence_48k, "user")
+            started = await client.expect("user.speech_started", timeout=15)
+            await asyncio.sleep(1.2)  # mid-sentence
+        finally:
+            await rtc.close()
+        final = await until(client, "user.transcript", started["turn_id"], timeout=30)
+        assert final["capped"] is False and words(final["text"])[:1] == ["please"], final["text"]
+        assert final["end_ms"] - final["start_ms"] < 2500  # cut when the peer closed, not after the sentence
