@@ -126,7 +126,7 @@ def test_extras_and_pins_match_pyproject() -> None:
     project = pyproject()["project"]
     extras = project["optional-dependencies"]
     installs = [m for rest in args_of("RUN") for m in re.findall(r'pip install "?\.\[([\w,-]+)\]"?', rest)]
-    assert installs == ["server"]  # no `gpu` extra: flash-attn is not used by the engine yet
+    assert installs == ["server,stt"]  # no `gpu` extra: flash-attn is not used by the engine yet; stt for --stt
     for extra in installs[0].split(","):
         assert extra in extras, f"Dockerfile installs extra {extra!r}, pyproject has {sorted(extras)}"
     pins = build_args()

@@ -250,6 +250,9 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = settings_from_args(args)  # bad flags fail before the model loads
+    from agent.cli.stt_options import open_recognizer_service
+
+    recognizer = open_recognizer_service(args)  # before the TTS model: a bad --stt fails in a second
     import torch
 
     from agent.cli.engine_options import build_engine
@@ -260,7 +263,7 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, precision=args.precision)
     engine = build_engine(model, args.compile, max_streams=args.max_streams)
     try:
-        return serve(engine, settings, args.model)
+        return serve(engine, settings, args.model, recognizer)  # closes the recognizer service
     finally:
         engine.close()
 
@@ -338,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_voices_dir(sv)
     sv.set_defaults(func=cmd_serve)
 
-    wy = sub.add_parser("wyoming", help="Home Assistant: a Wyoming TTS server with streaming synthesis")
+    wy = sub.add_parser("wyoming", help="Home Assistant: a Wyoming TTS server with streaming synthesis (and "
+                                        "speech-to-text with --stt)")
     wy.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory or hub id")
     wy.add_argument("--uri", default="tcp://127.0.0.1:10200",
                     help="tcp://HOST:PORT or unix://PATH (for Home Assistant on another machine: "

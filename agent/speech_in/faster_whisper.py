@@ -56,6 +56,9 @@ class FasterWhisperRecognizer:
             raise SttError(STT_UNAVAILABLE, f"cannot load faster-whisper model {s.model!r}: {exc}") from exc
         self.compute_type = compute
         self.multilingual = bool(self._model.model.is_multilingual)
+        # What a server advertises (Wyoming `info`): Whisper's language codes, and the model's short name.
+        self.languages: tuple[str, ...] = tuple(self._model.supported_languages)
+        self.model_name = path.name if path.is_dir() else s.model
 
     def transcribe(self, pcm16k: np.ndarray, language: str | None = None, *, partial: bool = False) -> Transcript:
         s = self.settings

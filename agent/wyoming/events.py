@@ -64,3 +64,8 @@ def ping_text(data: dict[str, Any]) -> str | None:
     """The optional `text` a `pong` copies back, under the text rule: a lone surrogate cannot be sent as UTF-8."""
     text = _optional_str(data, "text", "ping: ")
     return None if text is None else clean_text(text)
+
+
+def transcribe_language(data: dict[str, Any]) -> str | None:
+    """The optional `language` of a `transcribe` event (its `name`, the model, is not checked: there is one)."""
+    return _optional_str(data, "language", "transcribe: ", MAX_NAME_CHARS)

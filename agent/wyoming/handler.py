@@ -1,7 +1,11 @@
-"""`voicegate wyoming`: Home Assistant's Wyoming protocol (TCP) in front of the streaming engine.
+"""`voicegate wyoming`: Home Assistant's Wyoming protocol (TCP) in front of the streaming engine, and of the
+speech recognizer when the server has one (`--stt`).
 
 Per connection (one `WyomingHandler`):
-  describe                          -> info (one TTS program; the catalogue's voices; streaming supported)
+  describe                          -> info (one TTS program; the catalogue's voices; streaming supported;
+                                       one ASR program when there is a recognizer)
+  transcribe, audio-start, audio-chunk*, audio-stop
+                                    speech-to-text: agent.wyoming.asr (one request at a time per connection)
   synthesize-start {voice}          opens an engine stream at once (its voice prefix prefills meanwhile)
   synthesize-chunk {text}*          each chunk goes straight into stream.push_text: split anywhere is fine
   synthesize {text}  (in a stream)  HA's compatibility copy of the whole text: ignored
@@ -21,8 +25,8 @@ read (agent.wyoming.framing) or a client gone mid-frame closes the connection wi
 (TCP backpressure), so a client that pipelines requests without reading cannot queue engine streams without
 bound.
 
-The engine comes ready from the caller (`voicegate wyoming` loads the model in agent.cli): this package
-imports neither torch nor the model code.
+The engine and the recognizer service come ready from the caller (`voicegate wyoming` loads the models in
+agent.cli): this package imports neither torch nor the model code.
 """
 
 from __future__ import annotations
@@ -52,11 +56,13 @@ from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
 from agent.signals import wait_for_stop_signal
 from agent.voices.catalogue import ModelInfo, ResolvedVoice
 from agent.voices.errors import VoiceError
+from agent.wyoming import asr
 from agent.wyoming.events import BadEvent, ping_text, text_of, voice_of
 from agent.wyoming.framing import FramingError, read_frame
-from agent.wyoming.info import resolve, tts_program
+from agent.wyoming.info import asr_program, resolve, tts_program
 
 if TYPE_CHECKING:
+    from agent.speech_in.service import RecognizerService
     from tts_engine import Engine, Stream
 
 log = logging.getLogger(__name__)
@@ -101,6 +107,7 @@ class WyomingHandler(AsyncEventHandler):
         self.conn = next(service.conn_ids)
         self.open_flow: Flow | None = None  # between synthesize-start and synthesize-stop
         self.flows: list[Flow] = []  # flows whose audio is not finished, in order
+        self.stt = asr.SpeechToText(service.recognizer, self.write_event, self._error, self.conn)
         log.info("wyoming conn=%d connected", self.conn)
 
     # ---- events --------------------------------------------------------------------------------
@@ -152,6 +159,8 @@ class WyomingHandler(AsyncEventHandler):
         elif kind == "synthesize":
             if self.open_flow is None:  # inside a stream it is HA's compatibility copy: ignored
                 await self._one_shot(text_of(data, kind), voice_of(data, kind))
+        elif kind in asr.EVENTS:
+            await self.stt.handle(event)
         elif kind == "ping":
             await self.write_event(Pong(text=ping_text(data)).event())
         else:
@@ -290,14 +299,19 @@ class WyomingHandler(AsyncEventHandler):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        await self.stt.close()
         log.info("wyoming conn=%d disconnected: %s", self.conn, reason)
 
 
 class WyomingService:
-    """The Wyoming server around one engine: voices from the shared catalogue (ModelInfo)."""
+    """The Wyoming server around one engine (voices from the shared catalogue, ModelInfo) and, when given, one
+    recognizer service (`recognizer`; None: no `asr` in info, and speech-to-text requests get stt_unavailable).
+    The caller closes both."""
 
-    def __init__(self, engine: Engine, settings: WyomingSettings | None = None, model_name: str = "model") -> None:
+    def __init__(self, engine: Engine, settings: WyomingSettings | None = None, model_name: str = "model",
+                 recognizer: RecognizerService | None = None) -> None:
         self.engine = engine
+        self.recognizer = recognizer
         self.settings = settings or WyomingSettings()
         self.info = ModelInfo.from_engine(engine, model_name, self.settings.voices_dir)
         self.conn_ids = itertools.count(1)
@@ -317,7 +331,8 @@ class WyomingService:
             self.settings.language = default.language
 
     def info_event(self) -> Event:
-        return Info(tts=[tts_program(self.info)]).event()
+        stt = [asr_program(self.recognizer)] if self.recognizer is not None else []
+        return Info(asr=stt, tts=[tts_program(self.info)]).event()
 
     def resolve(self, requested: SynthesizeVoice | None) -> ResolvedVoice:
         s = self.settings
@@ -401,15 +416,25 @@ def settings_from_args(args: argparse.Namespace) -> WyomingSettings:
                            voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir())
 
 
-def serve(engine: Engine, settings: WyomingSettings, model_name: str) -> int:
-    """Serve `engine` until SIGINT/SIGTERM (the caller closes the engine)."""
+def serve(engine: Engine, settings: WyomingSettings, model_name: str,
+          recognizer: RecognizerService | None = None) -> int:
+    """Serve `engine` (and `recognizer`) until SIGINT/SIGTERM; the recognizer service is closed on the way out
+    (the caller closes the engine)."""
     logging.getLogger("zeroconf").setLevel(logging.WARNING)
-    service = WyomingService(engine, settings, model_name=model_name)
+    service = WyomingService(engine, settings, model_name=model_name, recognizer=recognizer)
 
     def started(svc: WyomingService) -> None:
-        print(f"voicegate: Wyoming TTS for {model_name} on {svc.uri} ({len(svc.info.voices)} voices)",
+        stt = "" if recognizer is None else ", speech-to-text on the same port"
+        print(f"voicegate: Wyoming TTS for {model_name} on {svc.uri} ({len(svc.info.voices)} voices){stt}",
               file=sys.stderr, flush=True)
 
-    asyncio.run(service.run(on_started=started))
+    async def run() -> None:
+        try:
+            await service.run(on_started=started)
+        finally:
+            if recognizer is not None:
+                await recognizer.close()
+
+    asyncio.run(run())
     print("voicegate: stopped", file=sys.stderr)
     return 0

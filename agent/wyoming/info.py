@@ -1,5 +1,5 @@
-"""The server's voice catalogue (agent.voices.catalogue.ModelInfo) as Wyoming sees it, and Wyoming voice requests
-resolved by the catalogue's rules (`ModelInfo.resolve`).
+"""The server's voice catalogue (agent.voices.catalogue.ModelInfo) as Wyoming sees it, Wyoming voice requests
+resolved by the catalogue's rules (`ModelInfo.resolve`), and the speech recognizer as a Wyoming `asr` program.
 
 Home Assistant lists a Wyoming voice under each language code it declares and matches those codes against
 the pipeline language ("en", "de-CH"...), so our language names ("english") go out as ISO 639-1 codes and
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from wyoming.info import Attribution, TtsProgram, TtsVoice, TtsVoiceSpeaker
+from wyoming.info import AsrModel, AsrProgram, Attribution, TtsProgram, TtsVoice, TtsVoiceSpeaker
 from wyoming.tts import SynthesizeVoice
 
+from agent.speech_in.service import RecognizerService
 from agent.voices.catalogue import ModelInfo, ResolvedVoice
 from agent.voices.errors import UNKNOWN_SPEAKER, VoiceError
 from agent.voices.languages import language_codes
@@ -22,6 +23,8 @@ from agent.voices.languages import language_codes
 # Credit for the voices goes to the model's authors (the program and the voices carry the same attribution).
 ATTRIBUTION = Attribution(name="Qwen3-TTS by the Qwen team, Alibaba Cloud; served by voicegate",
                           url="https://github.com/QwenLM/Qwen3-TTS")
+WHISPER_ATTRIBUTION = Attribution(name="Whisper by OpenAI, run by faster-whisper (SYSTRAN); served by voicegate",
+                                  url="https://github.com/SYSTRAN/faster-whisper")
 DEFAULT_VOICE = "default"  # the one voice of a checkpoint without preset voices (e.g. VoiceDesign + --instruct)
 
 
@@ -47,6 +50,24 @@ def tts_program(info: ModelInfo) -> TtsProgram:
     return TtsProgram(name="voicegate", description=f"voicegate streaming Qwen3-TTS ({info.name})",
                       attribution=ATTRIBUTION, installed=True, version=package_version(),
                       voices=voices, supports_synthesize_streaming=True)
+
+
+def asr_program(service: RecognizerService) -> AsrProgram:
+    """The one speech-to-text program (the server's recognizer) for the Wyoming `info` event.
+
+    Home Assistant offers the languages of the installed models; Whisper's codes are ISO 639-1 ("en")."""
+    recognizer = service.recognizer
+    assert recognizer is not None
+    model = str(getattr(recognizer, "model_name", recognizer.name))
+    languages = list(getattr(recognizer, "languages", ()))
+    backend = recognizer.name
+    compute = getattr(recognizer, "compute_type", None)
+    description = f"{backend} {model}" + (f" ({compute})" if compute else "")
+    return AsrProgram(name="voicegate", description=f"voicegate speech-to-text ({backend})",
+                      attribution=WHISPER_ATTRIBUTION, installed=True, version=package_version(),
+                      models=[AsrModel(name=model, description=description, attribution=WHISPER_ATTRIBUTION,
+                                       installed=True, version=None, languages=languages)],
+                      supports_transcript_streaming=True)
 
 
 def resolve(info: ModelInfo, voice: SynthesizeVoice | None, default_voice: str | None, default_language: str,

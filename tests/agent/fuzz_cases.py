@@ -32,9 +32,11 @@ HTTP_STATUSES = {100, 200, 400, 401, 404, 405, 411, 413, 414, 426, 431}
 # docs/elevenlabs.md, Errors
 ELEVENLABS_ERRORS = {"invalid_message", "message_too_large", "context_not_found", "context_closing",
                      "max_active_conversations", "text_limit", "invalid_api_key", "queue_full", "engine_error"}
-# docs/wyoming.md, Errors
+# docs/wyoming.md, Errors and STT errors
 WYOMING_ERRORS = {"unknown_voice", "unknown_speaker", "unsupported_language", "invalid_voice", "no_stream",
-                  "stream_open", "text_too_long", "bad_event", "engine_error"}
+                  "stream_open", "text_too_long", "bad_event", "engine_error",
+                  "stt_unavailable", "stt_failed", "stt_busy", "bad_audio_format", "audio_too_long", "no_audio_start",
+                  "audio_open"}
 
 MAX_FRAME_BYTES = 1024 * 1024  # the serve port's WebSocket frame limit (ServerSettings.max_frame_bytes)
 
@@ -166,7 +168,7 @@ elevenlabs_sequences = st.lists(st.one_of(elevenlabs_messages, elevenlabs_messag
 
 # ---- Wyoming ------------------------------------------------------------------------------------------------
 WYOMING_TYPES = ["describe", "synthesize", "synthesize-start", "synthesize-chunk", "synthesize-stop", "ping",
-                 "audio-chunk", "transcribe", "unknown", ""]
+                 "transcribe", "audio-start", "audio-chunk", "audio-stop", "unknown", ""]
 voice_objects = st.one_of(json_values, st.fixed_dictionaries({}, optional={
     "name": field_values("ryan", "nobody", "RYAN", ""), "language": field_values("en", "klingon", "english"),
     "speaker": field_values("ryan", "other")}))
@@ -175,6 +177,10 @@ WYOMING_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "voice": voice_objects,
     "text_format": field_values("text", "ssml"),
     "context": json_values,
+    "language": field_values("en", "en-US", "de"),  # transcribe
+    "rate": field_values(16000, 44100, 0, 10**9),  # audio-start / audio-chunk
+    "width": field_values(2, 4, 5),
+    "channels": field_values(1, 2, 0),
 }
 
 

@@ -141,11 +141,12 @@ async def raw_wyoming(port: int) -> AsyncIterator[RawWyoming]:
 class WyomingThread:
     """A WyomingService on a background thread with its own loop (like conftest.ServerThread), for sync tests."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, recognizer: Any = None) -> None:
         from agent.wyoming.handler import WyomingService, WyomingSettings
 
         self.loop = asyncio.new_event_loop()
-        self.service = WyomingService(engine, WyomingSettings(uri="tcp://127.0.0.1:0"), model_name="tiny")
+        self.service = WyomingService(engine, WyomingSettings(uri="tcp://127.0.0.1:0"), model_name="tiny",
+                                      recognizer=recognizer)
         self._thread = threading.Thread(target=self.loop.run_forever, name="voicegate-test-wyoming", daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(30)

@@ -360,9 +360,18 @@ def test_elevenlabs_fuzz(server: ServerThread, multi: bool, run: tuple[int, bool
 # ---- Wyoming ----------------------------------------------------------------------------------------------
 @pytest.fixture
 def wyoming(engine: Any) -> Iterator[WyomingThread]:
-    thread = WyomingThread(engine)
+    """With a recognizer (tiny.en): speech-to-text events reach their format checks (fuzzed frames carry no
+    audio, so nothing is decoded)."""
+    from agent.speech_in.faster_whisper import FasterWhisperRecognizer, FasterWhisperSettings
+    from agent.speech_in.service import RecognizerService
+
+    from .speech_helpers import test_model_dir
+
+    stt = RecognizerService(FasterWhisperRecognizer(FasterWhisperSettings(model=str(test_model_dir()))))
+    thread = WyomingThread(engine, stt)
     yield thread
     thread.stop()
+    asyncio.run(stt.close())
 
 
 async def wyoming_example(port: int, sequence: list[bytes], cut: int | None) -> None:

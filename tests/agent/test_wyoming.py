@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from wyoming.audio import AudioChunk, AudioStart
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
@@ -273,12 +273,16 @@ async def test_bad_defaults_fail_at_startup(engine: Any) -> None:
 
 
 async def test_voicegate_wyoming_command_serves_and_stops_on_sigterm(tiny_checkpoint: Any) -> None:
-    """The real command in its own process: it announces its address, answers, and exits 0 on SIGTERM."""
+    """The real command in its own process, with a recognizer: it announces its address, answers speech and
+    text, and exits 0 on SIGTERM."""
+    from .speech_helpers import test_model_dir
+
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent.cli.main", "wyoming", "--model", str(tiny_checkpoint("custom_voice")),
         "--uri", "tcp://127.0.0.1:0", "--device", "cpu", "--threads", "1", "--voice", "serena",
+        "--stt", f"faster-whisper:{test_model_dir()}", "--stt-threads", "1",
         stderr=asyncio.subprocess.PIPE, env=env)
     try:
         assert proc.stderr is not None
@@ -289,7 +293,14 @@ async def test_voicegate_wyoming_command_serves_and_stops_on_sigterm(tiny_checkp
                 lines.append(line)  # warnings may come first
                 match = re.search(r"on tcp://127\.0\.0\.1:(\d+) \(9 voices\)", line)
         assert match, lines
+        assert "speech-to-text on the same port" in lines[-1]
         async with AsyncTcpClient("127.0.0.1", int(match.group(1))) as c:
+            await c.write_event(Describe().event())
+            assert Info.from_event(await read(c)).asr[0].models[0].languages == ["en"]
+            await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(16000)).event())
+            await c.write_event(AudioStop().event())
+            assert (await read(c, timeout=60)).type == "transcript"
             await c.write_event(Synthesize(text="Hi.").event())  # no voice: the --voice default
             assert pcm_of(await read_until(c, "audio-stop")).size >= 1920
         proc.send_signal(signal.SIGTERM)

@@ -12,7 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
@@ -23,6 +26,7 @@ from agent.wyoming.handler import MAX_FLOWS, WyomingService, WyomingSettings
 
 from .hostile import frame, raw_wyoming, watch_logs
 from .test_wyoming import read, read_until, wait_engine_idle
+from .test_wyoming_stt import recognizer, wyoming_server  # noqa: F401  (recognizer: a fixture)
 
 
 @pytest.fixture
@@ -65,6 +69,9 @@ BAD_EVENTS = {
     "ping text a number": Event("ping", {"text": 42}),
     "ping data not an object": Event("ping", [1, 2]),  # type: ignore[arg-type]
     "describe data a string": Event("describe", "x"),  # type: ignore[arg-type]
+    "transcribe language a number": Event("transcribe", {"language": 5}),
+    "transcribe language a list": Event("transcribe", {"language": ["en"]}),
+    "transcribe language too long": Event("transcribe", {"language": "e" * 100_000}),
 }
 
 
@@ -283,3 +290,85 @@ async def test_an_engine_failure_is_engine_error_and_the_stream_still_ends(tiny_
     finally:
         await svc.stop()
         engine.close()
+
+
+# Audio formats a client can send but no one can read: each in its own request (audio-start, or a chunk after a
+# good audio-start), answered bad_audio_format; the request still ends with a transcript at its audio-stop.
+GOOD_START = {"rate": 16000, "width": 2, "channels": 1}
+BAD_AUDIO = {
+    "start rate a string": ({"rate": "16000", "width": 2, "channels": 1}, None),
+    "start rate a float": ({"rate": 16000.0, "width": 2, "channels": 1}, None),
+    "start rate zero": ({"rate": 0, "width": 2, "channels": 1}, None),
+    "start rate huge": ({"rate": 10**12, "width": 2, "channels": 1}, None),
+    "start width a boolean": ({"rate": 16000, "width": True, "channels": 1}, None),
+    "start width 8": ({"rate": 16000, "width": 8, "channels": 1}, None),
+    "start channels huge": ({"rate": 16000, "width": 2, "channels": 2**40}, None),
+    "start without fields": ({}, None),
+    "chunk rate changed": (GOOD_START, ({"rate": 8000, "width": 2, "channels": 1}, bytes(320))),
+    "chunk channels a string": (GOOD_START, ({"rate": 16000, "width": 2, "channels": "1"}, bytes(320))),
+    "chunk odd bytes": (GOOD_START, ({"rate": 16000, "width": 2, "channels": 1}, bytes(321))),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_AUDIO), ids=list(BAD_AUDIO))
+async def test_unreadable_audio_is_bad_audio_format_and_the_connection_goes_on(
+        engine: Any, recognizer: Any, bad: str) -> None:  # noqa: F811
+    start, chunk = BAD_AUDIO[bad]
+    with watch_logs() as logs:
+        async with wyoming_server(engine, recognizer) as svc, client(svc) as c:
+            await c.write_event(Event("audio-start", start))
+            if chunk is not None:
+                await c.write_event(Event("audio-chunk", chunk[0], payload=chunk[1]))
+            err = Error.from_event(await read(c))
+            assert err.code == "bad_audio_format" and len(err.text) < 400, err
+            await c.write_event(Event("audio-chunk", GOOD_START, payload=bytes(3200)))  # dropped: the request failed
+            await c.write_event(Event("audio-stop"))
+            assert (await read(c)).data == {"text": ""}
+            await assert_usable(c)
+    logs.assert_clean()
+
+
+async def test_a_payload_at_the_frame_limit_is_audio_too_long(engine: Any, recognizer: Any) -> None:  # noqa: F811
+    """1 MiB of 8 kHz 8-bit mono is 131 s: refused when it arrives, before any of it is converted."""
+    from agent.wyoming.framing import MAX_PAYLOAD_BYTES
+
+    with watch_logs() as logs:
+        async with wyoming_server(engine, recognizer) as svc, client(svc) as c:
+            await c.write_event(Event("audio-start", {"rate": 8000, "width": 1, "channels": 1}))
+            await c.write_event(Event("audio-chunk", {"rate": 8000, "width": 1, "channels": 1},
+                                      payload=bytes(MAX_PAYLOAD_BYTES)))
+            assert Error.from_event(await read(c)).code == "audio_too_long"
+            await c.write_event(Event("audio-stop"))
+            assert (await read(c)).type == "transcript"
+            await assert_usable(c)
+    logs.assert_clean()
+
+
+async def test_a_client_gone_while_its_partial_decodes_leaves_nothing_behind(engine: Any,
+                                                                           recognizer: Any) -> None:  # noqa: F811
+    with watch_logs() as logs:
+        async with wyoming_server(engine, recognizer) as svc:
+            assert svc.port and svc.recognizer is not None
+            async with raw_wyoming(svc.port) as conn:
+                fmt = {"rate": 16000, "width": 2, "channels": 1}
+                noise = (np.random.default_rng(0).normal(0, 3000, 16000 * 3)).astype("<i2").tobytes()
+                await conn.send(frame("transcribe") + frame("audio-start", fmt)
+                                + frame("audio-chunk", fmt, payload_length=len(noise)) + noise)
+                assert (await conn.read()).type == "transcript-start"  # type: ignore[union-attr]
+                async with asyncio.timeout(10):  # the partial is running or waiting
+                    while not any(t.get_name().startswith("wyoming-stt-partial") for t in asyncio.all_tasks()):
+                        await asyncio.sleep(0.01)
+                conn.abort()
+            await logs.lines("agent.wyoming", "disconnected")
+            async with asyncio.timeout(10):
+                while any(t.get_name().startswith("wyoming-stt-partial") for t in asyncio.all_tasks()):
+                    await asyncio.sleep(0.01)
+            async with client(svc) as c:  # the server and its recognizer go on
+                await c.write_event(Transcribe().event())
+                await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+                await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=bytes(16000)).event())
+                await c.write_event(AudioStop().event())
+                assert [e.type for e in await read_until(c, "transcript-stop")][-2:] == ["transcript",
+                                                                                        "transcript-stop"]
+    logs.assert_clean()
+
