@@ -122,10 +122,17 @@ async def test_input_audio_streams_each_turn_to_the_asking_producer_only(
         refused = await owner.expect("error")
         assert refused["code"] == "input_audio_unavailable" and refused["id"] == "early"
         rtc = await connect_rtc(owner)
+        session = server.server.sessions[created["session"]]  # type: ignore[union-attr]
+
+        def hooked() -> bool:
+            return bool(server.call(lambda: session.peer.on_frame is not None))
+
         try:
+            assert not hooked()  # voice in off: the mic path runs the VAD and nothing else
             async with producer(server.ws_url, created) as asking, producer(server.ws_url, created) as other:
                 await asking.send(type="session.update", input_audio="pcm16")
                 await asking.expect("session.updated")
+                assert hooked()
                 rtc.speak(sentence_48k, "user")
                 started = await asking.expect("user.audio.started", timeout=15)
                 assert started["sample_rate"] == 16000 and started["format"] == "pcm16"
@@ -146,6 +153,8 @@ async def test_input_audio_streams_each_turn_to_the_asking_producer_only(
                 await owner.send(type="session.update", audio="websocket", input_audio="pcm16", id="ws")
                 refused = await owner.expect("error")
                 assert refused["code"] == "input_audio_unavailable" and refused["id"] == "ws"
+            await asyncio.sleep(0.3)  # the producers' sessions detach
+            assert not hooked()  # the one who asked left: the hook is gone again
         finally:
             await rtc.close()
 
