@@ -21,6 +21,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST  # the text format generate_latest writes
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 JITTER_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+STT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class Counter:
@@ -97,6 +98,12 @@ class Metrics:
                                       JITTER_BUCKETS)
         self.engine_batch = Histogram(r, "voicegate_engine_batch_size", "Streams stepped together per engine step.",
                                       BATCH_BUCKETS)
+        self.stt_latency = Histogram(r, "voicegate_stt_latency_seconds",
+                                     "End of a user turn (the turn-end decision) -> its final transcript sent.",
+                                     STT_BUCKETS)
+        self.stt_turns_total = Counter(r, "voicegate_stt_turns_total",
+                                       "User turns sent to the recognizer, by outcome (transcribed, empty, "
+                                       "failed, busy).", ("outcome",))
         self._batch_source: Callable[[], list[int]] | None = None
         self._batch_seen = 0
 

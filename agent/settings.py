@@ -33,6 +33,10 @@ class SessionSettings:
     cjk_char_weight: float = 3.0  # a CJK ideograph / kana / hangul syllable counts as this many characters
     echo_guard_ms: float = 0.0  # default of the session setting (see docs/protocol.md, "Echo guard")
     barge_in: bool = True  # default of the session setting: user speech interrupts playback
+    # voice in (docs/speech_in.md)
+    stt_max_turn_ms: int = 30_000  # a longer user turn is cut (capped) and continues (Whisper's window)
+    stt_partial_every_ms: int = 1000  # a user.transcript.delta after each this much new turn audio
+    stt_overlap_partial_every_ms: int = 400  # ... while barge_in.min_words waits for words
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.cli.engine_options import add_engine_arguments
-from agent.cli.stt_options import add_stt_arguments
+from agent.cli.stt_options import add_stt_arguments, open_recognizer_service
 from agent.cli.voices import add_parser as add_voices_parser
 from agent.cli.voices import add_voices_dir
 from agent.voices.aliases import parse_aliases
@@ -210,6 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                       start_buffer_ms=args.start_buffer_ms,
                                                       echo_guard_ms=args.echo_guard_ms))
     settings.check_exposure()  # before loading a model: refuse an open port without a key at once
+    stt = open_recognizer_service(args)  # before the TTS model too: a bad --stt fails fast (ValueError: exit 2)
     logging.getLogger("agent.server.websocket").setLevel(logging.WARNING)  # one line per connection is too chatty
     import torch
 
@@ -226,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from agent.media.rtc import RtcSettings
 
         rtc_settings = RtcSettings(ice_servers=[{"urls": url} for url in args.ice_server])
-    server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings)
+    server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings, stt=stt)
 
     def started(srv: Server) -> None:
         print(f"voicegate: serving {args.model} on http://{args.host}:{srv.port}/ (WebSocket /v1/session; "

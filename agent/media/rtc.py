@@ -25,6 +25,8 @@ gathering only (agent/media/aiortc_patches.py `use_host_addresses`).
 Interface:
 - `on_speech(event, t, onset_t)`: `onset_t` is the VAD's estimate of when the speech run began (same clock)
   with "speech_started", None with "speech_stopped".
+- `RtcPeer.on_frame(frame, speech, t)` (None: off, no extra work): every VAD frame with its speech flag, before
+  the events those frames decided; `RtcPeer.on_mic_end()`: the mic track ended (or the peer closed).
 - `RtcPeer.set_vad(settings)`, `RtcPeer.on_state` (connection state changes), `RtcPeer.vad` (the detector),
   `RtcPeer.mic_stats` (frames, recent (pts, arrival) and (event, t, t_handled)), `RtcPeer.receive_buffer`
   (the one in use).
@@ -55,7 +57,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from agent.media.aiortc_patches import LowLatencyAudioBuffer, install_receive_buffer, use_host_addresses
 from agent.media.audio import WEBRTC_RATE, Resampler, audio_frame, fade_out
-from agent.media.vad import SPEECH_STARTED, MicConverter, VadSettings, VoiceActivityDetector
+from agent.media.vad import SPEECH_STARTED, MicConverter, OnFrame, VadSettings, VoiceActivityDetector
 from agent.settings import RTP_FRAME_MS
 
 logger = logging.getLogger(__name__)
@@ -272,6 +274,8 @@ class RtcPeer:
         self.vad = VoiceActivityDetector(vad)
         self.on_speech = on_speech
         self.on_state: Callable[[str], None] | None = None  # connection state changes, on the loop
+        self.on_frame: OnFrame | None = None  # each VAD frame and its speech flag (voice in); None: off
+        self.on_mic_end: Callable[[], None] | None = None  # the mic track ended or the peer closed
         self.outbound = OutboundAudio(fade_ms=settings.fade_ms, resync_after_ms=settings.resync_after_ms)
         self.mic_stats = MicStats()
         self.receive_buffer = settings.receive_buffer  # what is actually in use, after answer()
@@ -348,6 +352,16 @@ class RtcPeer:
                 logger.exception("on_state callback failed")
 
     async def _read_mic(self, track: MediaStreamTrack) -> None:
+        try:
+            await self._read_frames(track)
+        finally:
+            if self.on_mic_end is not None:
+                try:
+                    self.on_mic_end()
+                except Exception:
+                    logger.exception("on_mic_end callback failed")
+
+    async def _read_frames(self, track: MediaStreamTrack) -> None:
         converter = MicConverter(self.vad.settings.sample_rate, align=self.vad.settings.frame_samples)
         while True:
             try:
@@ -359,8 +373,8 @@ class RtcPeer:
             if (converter.rate, converter.align) != (vad.sample_rate, vad.frame_samples):  # set_vad()
                 converter = MicConverter(vad.sample_rate, align=vad.frame_samples)
             try:
-                events = self.vad.process(converter.convert(frame), t)
-            except Exception:  # a frame we cannot convert must not end barge-in for the session
+                events = self.vad.process(converter.convert(frame), t, self.on_frame)
+            except Exception:  # a frame we cannot convert (or a failing on_frame) must not end barge-in
                 logger.exception("mic frame dropped")
                 continue
             stats = self.mic_stats

@@ -27,6 +27,7 @@ State machine:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
@@ -36,6 +37,9 @@ import webrtcvad
 SPEECH_STARTED = "speech_started"
 SPEECH_STOPPED = "speech_stopped"
 
+# (frame, speech, t): every classified frame as int16 samples, its speech flag and the arrival time of its
+# last sample; the session's voice in (turns, transcripts, raw turn audio) is fed from here
+OnFrame = Callable[[np.ndarray, bool, float], None]
 
 
 class MicConverter:
@@ -143,8 +147,12 @@ class VoiceActivityDetector:
                 return False
         return True
 
-    def process(self, pcm: bytes | bytearray | memoryview | np.ndarray, t: float) -> list[tuple[str, float]]:
-        """Add samples that arrived at time `t` (the arrival of their last sample); return decided events."""
+    def process(self, pcm: bytes | bytearray | memoryview | np.ndarray, t: float,
+                on_frame: OnFrame | None = None) -> list[tuple[str, float]]:
+        """Add samples that arrived at time `t` (the arrival of their last sample); return decided events.
+
+        `on_frame`, if given, gets each frame with its speech flag, in order, before the events are returned
+        (so a turn the frames opened exists when "speech_started" is handled)."""
         if isinstance(pcm, np.ndarray):
             if pcm.dtype != np.int16:
                 raise TypeError(f"pcm must be int16, got {pcm.dtype}")
@@ -161,7 +169,10 @@ class VoiceActivityDetector:
             frame = bytes(view[i * self._frame_bytes:(i + 1) * self._frame_bytes])
             # arrival time of this frame's last sample
             t_frame = t - leftover_s - (n_frames - 1 - i) * frame_s
-            event = self._step(self.is_speech(frame), t_frame, frame_s)
+            speech = self.is_speech(frame)
+            if on_frame is not None:
+                on_frame(np.frombuffer(frame, dtype=np.int16), speech, t_frame)
+            event = self._step(speech, t_frame, frame_s)
             if event is not None:
                 events.append(event)
         view.release()

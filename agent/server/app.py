@@ -31,6 +31,7 @@ from agent.server.transport import uvicorn_config
 from agent.session.session import Session
 from agent.settings import ServerSettings
 from agent.signals import wait_for_stop_signal
+from agent.speech_in.service import RecognizerService
 from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 
 class Server:
     def __init__(self, engine: Engine, settings: ServerSettings | None = None, model_name: str = "model",
-                 rtc_settings: Any = None, vad_defaults: Any = None) -> None:
+                 rtc_settings: Any = None, vad_defaults: Any = None, stt: RecognizerService | None = None) -> None:
         self.engine = engine
+        self.stt = stt  # one recognizer service for every session; closed at shutdown
         self.settings = settings or ServerSettings()
         self.settings.check_exposure()
         self.info = ModelInfo.from_engine(engine, model_name, self.settings.voices_dir, self.settings.voice_aliases)
@@ -53,7 +55,7 @@ class Server:
         self._lower_engine_priority()
         self.api = ApiContext(engine, self.info, self.settings.api, key, self.metrics, tokenizer, self.started)
         self._sessions = Sessions(engine, self.info, self.settings, key, self.metrics, tokenizer, rtc_settings,
-                                  vad_defaults)
+                                  vad_defaults, stt)
         static_dir = self.settings.static_dir or Path(__file__).resolve().parent.parent.parent / "web_client"
         site = Site(static_dir, self.api, self.health)
         self._flows: set[asyncio.Task[Any]] = set()  # HTTP requests and API sockets, cut at shutdown
@@ -79,6 +81,12 @@ class Server:
                 "CUDA graphs recorded after warm-up, in live traffic (a first-frame spike each; should stay 0).",
                 lambda: self.engine.scheduler.frame_step.recordings_after_ready)
         m.track_engine_batches(lambda: self.engine.scheduler.batch_sizes)
+        stt = self.stt
+        if stt is not None:
+            m.gauge("voicegate_stt_queue_depth", "Recognition requests waiting (all sessions; the running one "
+                                                 "not counted).", lambda: stt.pending)
+            m.gauge("voicegate_stt_decode_seconds", "Seconds the recognizer spent decoding so far (monotonic).",
+                    lambda: stt.stats.decode_s)
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -127,7 +135,16 @@ class Server:
     def health(self) -> dict[str, Any]:
         return {"ok": not self.shutting_down, "model": self.info.name, "model_kind": self.info.kind,
                 "device": str(self.engine.model.device), "sessions": len(self.sessions),
-                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1)}
+                "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1),
+                "stt": self._describe_stt()}
+
+    def _describe_stt(self) -> dict[str, Any] | None:
+        recognizer = self.stt.recognizer if self.stt is not None else None
+        if recognizer is None:
+            return None
+        model = getattr(getattr(recognizer, "settings", None), "model", None)
+        # a model directory shows as its last part: healthz is public, the server's paths are not
+        return {"backend": recognizer.name, "model": Path(model).name if model else None}
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -171,6 +188,8 @@ class Server:
             task.cancel()
         await asyncio.gather(*flows, return_exceptions=True)
         await self._sessions.shutdown(self.settings.shutdown_grace_s)
+        if self.stt is not None:
+            await self.stt.close()
         if self._uvicorn.started:
             with contextlib.suppress(Exception):
                 await self._uvicorn.shutdown(sockets=[self._socket] if self._socket else None)

@@ -24,6 +24,7 @@ from agent.session import protocol
 from agent.session.connection import Connection, SocketClosed
 from agent.session.session import Session
 from agent.settings import ServerSettings
+from agent.speech_in.service import RecognizerService
 from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ class PeerSocket:
 
 class Sessions:
     def __init__(self, engine: Engine, info: ModelInfo, settings: ServerSettings, key: ApiKey, metrics: Metrics,
-                 tokenizer: Any, rtc_settings: Any, vad_defaults: Any) -> None:
+                 tokenizer: Any, rtc_settings: Any, vad_defaults: Any, stt: RecognizerService | None = None) -> None:
         self.engine, self.info, self.settings, self.key = engine, info, settings, key
+        self.stt = stt  # the server's one recognizer service, shared by every session (None: --stt none)
         self.metrics, self.tokenizer = metrics, tokenizer
         self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
         self.table: dict[str, Session] = {}
@@ -112,7 +114,7 @@ class Sessions:
                 return None, (protocol.MAX_SESSIONS, protocol.CLOSE_TRY_AGAIN,
                               f"server full: {self.settings.max_sessions} sessions (max_sessions); try later")
             session = Session(self.engine, self.info, self.settings.session, self.metrics, self.tokenizer,
-                              self.rtc_settings, self.vad_defaults)
+                              self.rtc_settings, self.vad_defaults, self.stt)
             self.table[session.id] = session
             self.metrics.sessions_total.inc()
             return session, None

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.boundary import JsonInputError, clean_text, loads_object
+from agent.speech_in.recognizer import STT_BUSY as STT_BUSY  # re-exported: every code clients see is here
+from agent.speech_in.recognizer import STT_FAILED as STT_FAILED
+from agent.speech_in.recognizer import STT_UNAVAILABLE as STT_UNAVAILABLE
+from agent.voices.languages import iso_code
 
 # ---- error codes ---------------------------------------------------------------------------------
 BAD_JSON = "bad_json"  # not JSON, or not a JSON object
@@ -37,6 +41,9 @@ UNKNOWN_SESSION = "unknown_session"
 BAD_TOKEN = "bad_token"
 SLOW_CONSUMER = "slow_consumer"
 INTERNAL_ERROR = "internal_error"
+# voice in (docs/speech_in.md): STT_UNAVAILABLE (no recognizer: --stt), STT_FAILED (the recognizer raised on
+# a turn), STT_BUSY (too many turns waiting) come with the turn's `turn_id` when a turn caused them
+INPUT_AUDIO_UNAVAILABLE = "input_audio_unavailable"  # no WebRTC mic yet, or the asker is the websocket listener
 
 # ---- warning codes (event `warning`: the request was applied, with a caveat) ----------------------
 INSTRUCT_IGNORED = "instruct_ignored"  # the model does not follow style instructions (0.6B CustomVoice)
@@ -50,6 +57,9 @@ CLOSE_UNKNOWN_SESSION = 4404
 CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 AUDIO_MODES = ("webrtc", "websocket", "none")
+INPUT_AUDIO_MODES = ("pcm16", "none")
+END_OF_TURN_MS = (100, 5000)
+MAX_MIN_WORDS = 100
 MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 64  # voice, language
 MAX_INSTRUCT_CHARS = 1000
@@ -73,10 +83,13 @@ class SessionUpdate:
     instruct: str | None = None  # "" clears it
     audio: str | None = None
     vad: dict[str, Any] | None = None
-    barge_in: bool | None = None
+    barge_in: bool | None = None  # `barge_in` as a bool, or its object's `enabled`
+    barge_in_min_words: int | None = None  # the object form's `min_words`
     echo_guard_ms: float | None = None
     seed: int | None = None
     greedy: bool | None = None
+    transcription: dict[str, Any] | None = None  # checked: enabled, language (an ISO code or None), ...
+    input_audio: str | None = None  # the sender's own subscription, not session config
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,9 @@ _NUM = (int, float)
 _SCHEMAS: dict[str, tuple[type, dict[str, tuple[tuple[type, ...], bool]]]] = {
     "session.update": (SessionUpdate, {
         "voice": ((str,), False), "language": ((str,), False), "instruct": ((str,), False),
-        "audio": ((str,), False), "vad": ((dict,), False), "barge_in": ((bool,), False),
-        "echo_guard_ms": (_NUM, False), "seed": ((int,), False), "greedy": ((bool,), False)}),
+        "audio": ((str,), False), "vad": ((dict,), False), "barge_in": ((bool, dict), False),
+        "echo_guard_ms": (_NUM, False), "seed": ((int,), False), "greedy": ((bool,), False),
+        "transcription": ((dict,), False), "input_audio": ((str,), False)}),
     "webrtc.offer": (WebRtcOffer, {"sdp": ((str,), True)}),
     "text.append": (TextAppend, {"text": ((str,), True)}),
     "text.flush": (TextFlush, {}),
@@ -199,12 +213,62 @@ def _check_values(kind: str, v: dict[str, Any], msg_id: str | None) -> None:
                 fail("'vad' keys must be short strings")
             if not (value is None or isinstance(value, int | float)):
                 fail(f"vad.{key} must be a number (or null to disable a gate)")
+        if "input_audio" in v and v["input_audio"] not in INPUT_AUDIO_MODES:
+            fail(f"'input_audio' must be one of {', '.join(INPUT_AUDIO_MODES)}")
+        if isinstance(v.get("barge_in"), dict):
+            _check_barge_in(v, fail)
+        if "transcription" in v:
+            v["transcription"] = _check_transcription(v["transcription"], fail)
     elif kind == "text.append":
         v["text"] = clean_text(v["text"])
     elif kind == "webrtc.offer" and not 0 < len(v["sdp"]) <= MAX_SDP_CHARS:
         fail(f"'sdp' must be 1-{MAX_SDP_CHARS} characters")
     elif kind == "utterance.cancel" and "utterance" in v and len(v["utterance"]) > MAX_ID_CHARS:
         fail("'utterance' is not an utterance id")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_barge_in(v: dict[str, Any], fail: Any) -> None:
+    """`barge_in: {"enabled": bool, "min_words": int}` -> the fields barge_in / barge_in_min_words."""
+    obj = v.pop("barge_in")
+    unknown = sorted(set(obj) - {"enabled", "min_words"})
+    if unknown:
+        fail(f"barge_in: unknown field {unknown[0][:64]!r}; fields: enabled, min_words")
+    if "enabled" in obj:
+        if not isinstance(obj["enabled"], bool):
+            fail("barge_in.enabled must be a boolean")
+        v["barge_in"] = obj["enabled"]
+    if "min_words" in obj:
+        if not (_is_int(obj["min_words"]) and 0 <= obj["min_words"] <= MAX_MIN_WORDS):
+            fail(f"barge_in.min_words must be an integer 0-{MAX_MIN_WORDS}")
+        v["barge_in_min_words"] = obj["min_words"]
+
+
+def _check_transcription(obj: dict[str, Any], fail: Any) -> dict[str, Any]:
+    """The `transcription` object, checked; its language becomes an ISO 639-1 code (what Whisper takes)."""
+    known = ("enabled", "language", "end_of_turn_ms", "partials")
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        fail(f"transcription: unknown field {unknown[0][:64]!r}; fields: {', '.join(known)}")
+    out = dict(obj)
+    for name in ("enabled", "partials"):
+        if name in obj and not isinstance(obj[name], bool):
+            fail(f"transcription.{name} must be a boolean")
+    if "end_of_turn_ms" in obj:
+        low, high = END_OF_TURN_MS
+        if not (_is_int(obj["end_of_turn_ms"]) and low <= obj["end_of_turn_ms"] <= high):
+            fail(f"transcription.end_of_turn_ms must be an integer {low}-{high}")
+    if obj.get("language") is not None:
+        language = obj["language"]
+        code = iso_code(language) if isinstance(language, str) and len(language) <= MAX_NAME_CHARS else None
+        if code is None:
+            fail("transcription.language must be a language name or ISO 639-1 code (\"en\", \"English\"), "
+                 "or null to detect it")
+        out["language"] = code
+    return out
 
 
 # ---- server -> client ----------------------------------------------------------------------------

@@ -7,6 +7,10 @@ utterances themselves (text verbs, queue, playout, accounting) are agent.session
 Nothing here awaits a send (agent.session.connection queues), so `on_speech` (called by the RTC peer on the event
 loop) cancels the engine stream, drops queued audio and reports `utterance.interrupted` in one loop tick.
 
+Voice in (agent.session.voice_in): the RTC peer's mic frames -> user turns -> transcripts / raw turn audio.
+With `barge_in.min_words` > 0, speech over the agent interrupts only once a transcript of that turn has
+that many words (docs/protocol.md, "Barge-in").
+
 Tasks: the utterance queue's playout task, and the close of a failed RTC peer; `close()` ends them all.
 """
 
@@ -26,7 +30,9 @@ from agent.session.connection import Connection
 from agent.session.protocol import ProtocolError
 from agent.session.utterances import Utterance, UtteranceQueue
 from agent.session.voice import SessionVoice
+from agent.session.voice_in import Transcription, VoiceIn, count_words
 from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE, SessionSettings
+from agent.speech_in.service import RecognizerService
 from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
@@ -39,7 +45,8 @@ __all__ = ["ModelInfo", "Session"]  # ModelInfo lives in agent.voices.catalogue;
 
 class Session:
     def __init__(self, engine: Engine, info: ModelInfo, settings: SessionSettings, metrics: Metrics,
-                 tokenizer: Tokenizer | None = None, rtc_settings: Any = None, vad_defaults: Any = None) -> None:
+                 tokenizer: Tokenizer | None = None, rtc_settings: Any = None, vad_defaults: Any = None,
+                 stt: RecognizerService | None = None) -> None:
         self.id = "sess_" + secrets.token_hex(8)
         self.token = secrets.token_urlsafe(24)
         self.engine, self.info, self.settings, self.metrics = engine, info, settings, metrics
@@ -51,6 +58,8 @@ class Session:
         self.audio = "websocket"
         self.vad: dict[str, Any] = {}
         self.barge_in = settings.barge_in
+        self.barge_in_min_words = 0
+        self._word_gate: tuple[str, float | None] | None = None  # (turn id, onset_t): barge-in awaits words
         self.echo_guard_ms = settings.echo_guard_ms
         self.listener: Connection | None = None
         self.peer: Any = None  # agent.media.rtc.RtcPeer once a webrtc.offer was answered
@@ -60,6 +69,7 @@ class Session:
         self.out = AudioOut(self._paced_sink())
         self.utterances = UtteranceQueue(engine, settings, metrics, tokenizer, self.broadcast, self.out, self.voice,
                                          self.id)
+        self.voice_in = VoiceIn(stt, settings, metrics, self.broadcast, self._on_words)
 
     # ---- connections -----------------------------------------------------------------------------
     def attach(self, conn: Connection, owner: bool) -> None:
@@ -77,6 +87,9 @@ class Session:
 
     def detach(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
+        if conn.id in self.voice_in.listeners:
+            self.voice_in.detach(conn)
+            self._voice_in_changed()
         if self.listener is conn:
             self.listener = None
             if self.audio == "websocket":
@@ -86,7 +99,8 @@ class Session:
         voice = self.voice.config
         return {"voice": voice.voice, "language": voice.language, "instruct": voice.instruct,
                 "seed": voice.seed, "greedy": voice.greedy, "audio": self.audio, "vad": self.vad,
-                "barge_in": self.barge_in, "echo_guard_ms": self.echo_guard_ms}
+                "barge_in": self.barge_in, "barge_in_min_words": self.barge_in_min_words,
+                "echo_guard_ms": self.echo_guard_ms, "transcription": self.voice_in.config.describe()}
 
     def broadcast(self, evt: dict[str, Any]) -> None:
         for conn in list(self.connections.values()):
@@ -127,20 +141,65 @@ class Session:
         if msg.vad is not None:
             vad = {**self.vad, **msg.vad}
             self._check_vad(vad, msg.id)
+        transcription = self._check_voice_in(conn, msg)
         # all checked: apply
         self.voice.config = voice
         self.vad = vad
         if msg.barge_in is not None:
             self.barge_in = msg.barge_in
+        if msg.barge_in_min_words is not None:
+            self.barge_in_min_words = msg.barge_in_min_words
+            if msg.barge_in_min_words == 0:
+                self._end_word_gate()
+        self.voice_in.config = transcription
+        self.voice_in.need_words = self.barge_in_min_words > 0
+        if msg.input_audio is not None:
+            self.voice_in.subscribe(conn, msg.input_audio == "pcm16")
         if msg.echo_guard_ms is not None:
             self.echo_guard_ms = float(msg.echo_guard_ms)
         if msg.audio is not None:
             self._set_audio(msg.audio, conn)
         if msg.vad is not None and self.peer is not None and hasattr(self.peer, "set_vad"):
             self.peer.set_vad(self._vad_settings())
+        self._voice_in_changed()
         if caveat is not None:  # the only one: an instruction the model ignores
             conn.send_event(protocol.reply("warning", msg.id, code=protocol.INSTRUCT_IGNORED, message=caveat))
         self.broadcast(protocol.event("session.updated", config=self.config()))
+
+    def _check_voice_in(self, conn: Connection, msg: protocol.SessionUpdate) -> Transcription:
+        """transcription / barge_in.min_words / input_audio against what this server and session have."""
+        config = self.voice_in.config
+        if msg.transcription is not None:
+            config = Transcription(**{**config.describe(), **msg.transcription})
+        no_stt = self.voice_in.service is None
+        if no_stt and msg.transcription is not None and msg.transcription.get("enabled"):
+            raise ProtocolError(protocol.STT_UNAVAILABLE, "transcription needs a speech recognizer: this server "
+                                                          "runs without one (voicegate serve --stt)", msg.id)
+        if no_stt and msg.barge_in_min_words:
+            raise ProtocolError(protocol.STT_UNAVAILABLE, "barge_in.min_words needs a speech recognizer: this "
+                                                          "server runs without one (voicegate serve --stt)", msg.id)
+        if msg.input_audio == "pcm16":
+            if self.peer is None:
+                raise ProtocolError(protocol.INPUT_AUDIO_UNAVAILABLE, "input_audio: this session has no WebRTC "
+                                                                      "mic yet (send webrtc.offer first)", msg.id)
+            listens = msg.audio == "websocket" or (msg.audio is None and self.audio == "websocket"
+                                                   and self.listener is conn)
+            if listens:
+                raise ProtocolError(protocol.INPUT_AUDIO_UNAVAILABLE, "input_audio: this connection is the "
+                                                                      "audio \"websocket\" listener (its binary "
+                                                                      "frames are the speech); ask from another "
+                                                                      "connection", msg.id)
+        return config
+
+    def _voice_in_changed(self) -> None:
+        """Rebuild the turn cutter if its settings changed; hook the mic path to it (or unhook it)."""
+        try:
+            vad = self._vad_settings()
+        except (ImportError, TypeError, ValueError):
+            vad = None
+        self.voice_in.reconfigure(vad)
+        if self.peer is not None:
+            self.peer.on_frame = self.voice_in.hook
 
     def _check_vad(self, vad: dict[str, Any], msg_id: str | None) -> None:
         try:
@@ -172,6 +231,8 @@ class Session:
     def _set_audio(self, mode: str, conn: Connection) -> None:
         self.audio = mode
         self.listener = None if mode == "none" else conn
+        if mode == "websocket":  # its binary frames are the speech now
+            self.voice_in.subscribe(conn, False)
         # webrtc before the peer answered: the timeline goes on, unheard, until the track exists
         self.out.replace(self._rtc_sink() if mode == "webrtc" and self.peer is not None else self._paced_sink())
 
@@ -206,6 +267,8 @@ class Session:
             return
         self.peer = peer
         peer.on_state = lambda state: self._on_peer_state(peer, state)
+        peer.on_mic_end = self.voice_in.end_of_mic
+        self._voice_in_changed()
         self.audio = "webrtc"
         self.listener = conn
         self.out.replace(self._rtc_sink())
@@ -230,20 +293,45 @@ class Session:
 
         `t` is when the deciding mic frame arrived (loop clock); `onset_t`, the estimated speech start.
         """
+        turn = {"turn_id": self.voice_in.turn_id()} if self.voice_in.active else {}
         if kind == "speech_started":
             targets: list[Utterance] = []
             if self._playing() and self.barge_in:
                 if self._in_echo_guard():
                     self._guarded_speech = True  # this whole speech run is ignored (see docs: echo guard)
+                elif self.barge_in_min_words > 0 and self.voice_in.transcribing and turn.get("turn_id"):
+                    if self._word_gate is None or self._word_gate[0] != turn["turn_id"]:
+                        self._word_gate = (turn["turn_id"], onset_t)  # interrupt once it has the words
+                        self.voice_in.fast_partials(True)
                 else:
                     targets = self.utterances.live()
             self.broadcast(protocol.event("user.speech_started", interrupted=[u.id for u in targets],
-                                          ignored=self._guarded_speech))
+                                          ignored=self._guarded_speech, **turn))
             if targets:
                 self._barge_in(targets, t, onset_t)
         elif kind == "speech_stopped":
             self._guarded_speech = False
-            self.broadcast(protocol.event("user.speech_stopped"))
+            self.broadcast(protocol.event("user.speech_stopped", **turn))
+
+    def _on_words(self, turn_id: str, text: str, final: bool) -> None:
+        """A transcript (partial or final) of a turn: barge-in once the awaited turn has min_words words."""
+        gate = self._word_gate
+        if gate is None or gate[0] != turn_id:
+            return
+        if count_words(text) >= self.barge_in_min_words:
+            self._end_word_gate()
+            targets = self.utterances.live() if self._playing() and self.barge_in else []
+            if targets:
+                self.utterances.barge_in(targets)
+                if gate[1] is not None:
+                    self.metrics.bargein_onset.observe(max(0.0, self.loop.time() - gate[1]))
+        elif final:  # too few words: it interrupts nothing
+            self._end_word_gate()
+
+    def _end_word_gate(self) -> None:
+        if self._word_gate is not None:
+            self._word_gate = None
+            self.voice_in.fast_partials(False)
 
     def _playing(self) -> bool:
         return self.utterances.playing() is not None
@@ -282,3 +370,4 @@ class Session:
             peer, self.peer = self.peer, None
             await peer.close()
         await asyncio.gather(*self._closing_peers, return_exceptions=True)
+        await self.voice_in.close()

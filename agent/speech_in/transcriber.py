@@ -56,6 +56,9 @@ class UserTranscriber:
         self.on_event = on_event
         self.settings = s = settings or TranscriberSettings()
         self.cutter = TurnCutter(s.turns)
+        # partials' spacing from now on; the session shortens it while the user talks over the agent, where
+        # a partial's word count decides a barge-in (0: no partials)
+        self.partial_every_ms = s.partial_every_ms
         self._jobs: asyncio.Queue[_Partial | TurnEnded] = asyncio.Queue(maxsize=s.max_jobs)
         self._task: asyncio.Task[None] | None = None
         self._parts: list[np.ndarray] = []  # the open turn's audio, for partials
@@ -90,7 +93,7 @@ class UserTranscriber:
         elif isinstance(event, TurnAudio):
             self._parts.append(event.pcm)
             self._since_partial += len(event.pcm)
-            every = self.settings.partial_every_ms * rate // 1000
+            every = self.partial_every_ms * rate // 1000
             # not in a pause: the turn may be about to end, and its final would wait behind this decode
             due = speech and every and self._since_partial >= every and not self._partial_queued
             if due and self._put(_Partial(event.turn_id, np.concatenate(self._parts))):

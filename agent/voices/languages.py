@@ -26,3 +26,15 @@ def language_name(languages: Iterable[str], requested: str) -> str:
             return lang
     raise VoiceError(f"unknown language {requested!r}; this model speaks {', '.join(known)} (or their ISO codes: "
                      f"{', '.join(language_codes(known))})", UNSUPPORTED_LANGUAGE, "language")
+
+
+def iso_code(requested: str) -> str | None:
+    """"English", "en", "en-US", "pt_BR" -> "en" / "pt" (ISO 639-1, what a recognizer takes); None when it is
+    neither a known name nor shaped like a code (2-3 letters, an optional region)."""
+    wanted = requested.strip().lower().replace("_", "-")
+    if wanted in ISO_CODES:
+        return ISO_CODES[wanted]
+    base, _, region = wanted.partition("-")
+    if 2 <= len(base) <= 3 and base.isascii() and base.isalpha() and (not region or region.isalnum()):
+        return base
+    return None

@@ -35,8 +35,9 @@ class ServerThread:
     """A Server on a background thread (own loop); `url`, `ws_url`, `stop()`."""
 
     def __init__(self, engine: Any, settings: ServerSettings, name: str = "tiny", rtc_settings: Any = None,
-                 on_thread_start: Callable[[], None] | None = None) -> None:
+                 on_thread_start: Callable[[], None] | None = None, stt: Any = None) -> None:
         self.engine = engine
+        self.stt = stt  # a RecognizerService (voice in), or None
         self._on_thread_start = on_thread_start  # e.g. join a network namespace before any socket exists
         self.rtc_settings = rtc_settings
         self.settings = settings
@@ -57,7 +58,8 @@ class ServerThread:
         try:
             if self._on_thread_start is not None:
                 self._on_thread_start()
-            self.server = Server(self.engine, self.settings, model_name=self.name, rtc_settings=self.rtc_settings)
+            self.server = Server(self.engine, self.settings, model_name=self.name, rtc_settings=self.rtc_settings,
+                                 stt=self.stt)
             self.loop.run_until_complete(self.server.start())
         except BaseException as exc:  # surfaced to the fixture
             self._error = exc

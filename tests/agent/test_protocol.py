@@ -39,6 +39,20 @@ def test_valid_messages_parse_into_typed_messages() -> None:
         ("vivian", "none", {"min_speech_ms": 80}, 250.5, False, 7)
 
 
+
+def test_voice_in_fields_are_normalized() -> None:
+    msg = parse({"type": "session.update", "barge_in": {"min_words": 2}, "input_audio": "pcm16",
+                 "transcription": {"enabled": True, "language": "English", "end_of_turn_ms": 700}})
+    assert isinstance(msg, protocol.SessionUpdate)
+    assert (msg.barge_in, msg.barge_in_min_words, msg.input_audio) == (None, 2, "pcm16")
+    assert msg.transcription == {"enabled": True, "language": "en", "end_of_turn_ms": 700}
+    msg = parse({"type": "session.update", "barge_in": {"enabled": False}, "transcription": {"language": "pt_BR"}})
+    assert isinstance(msg, protocol.SessionUpdate)
+    assert (msg.barge_in, msg.barge_in_min_words, msg.transcription) == (False, None, {"language": "pt"})
+    msg = parse({"type": "session.update", "transcription": {"language": None}})
+    assert isinstance(msg, protocol.SessionUpdate) and msg.transcription == {"language": None}
+
+
 @pytest.mark.parametrize(("data", "code"), [
     (b"\x00binary", protocol.BINARY_NOT_ALLOWED),
     ("", protocol.BAD_JSON),
@@ -59,6 +73,18 @@ def test_valid_messages_parse_into_typed_messages() -> None:
     ('{"type": "session.update", "voice": ""}', protocol.INVALID_MESSAGE),
     ('{"type": "session.update", "echo_guard_ms": -5}', protocol.INVALID_MESSAGE),
     ('{"type": "session.update", "vad": {"min_speech_ms": "60"}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "barge_in": "yes"}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "barge_in": {"min_words": true}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "barge_in": {"min_words": 101}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "barge_in": {"enabled": 1}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "barge_in": {"words": 2}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "transcription": true}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "transcription": {"end_of_turn_ms": 99}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "transcription": {"end_of_turn_ms": 500.0}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "transcription": {"language": "x1"}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "transcription": {"language": 5}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "transcription": {"partials": "no"}}', protocol.INVALID_MESSAGE),
+    ('{"type": "session.update", "input_audio": "wav"}', protocol.INVALID_MESSAGE),
     ('{"type": "webrtc.offer", "sdp": ""}', protocol.INVALID_MESSAGE),
 ])
 def test_bad_messages_get_stable_codes(data: str | bytes, code: str) -> None:
