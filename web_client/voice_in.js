@@ -40,10 +40,10 @@ export class VoiceInput {
     if ("stt" in created) this.stt = created.stt;
     else if (this.stt === undefined) this.stt = tr?.enabled ? {} : null;  // no /healthz answer: the config says
     this.serverEnabled = tr ? tr.enabled !== false : this.available;  // on by default with a recognizer
-    if (this.available) {  // the page's settings (partials, a 500 ms pause ends a turn), and the user's tick
+    if (this.available) {  // the user's tick, kept across reconnects; the rest stays as the session has it
       const want = this.choice ?? this.serverEnabled;
       $("voice-in").checked = want;
-      this.send(config(want));
+      if (want !== this.serverEnabled) this.send({ enabled: want });
     }
     this.render();
   }
@@ -57,7 +57,7 @@ export class VoiceInput {
 
   toggled() {
     this.choice = $("voice-in").checked;
-    if (this.connected && this.available) this.send(config(this.choice));
+    if (this.connected && this.available) this.send({ enabled: this.choice });
     if (!this.choice) { this.pending = null; this.onPending(); }
     this.render();
   }
@@ -162,8 +162,4 @@ export class VoiceInput {
     $("voice-in-help").textContent = help + (this.available ? model : "");
     if (!box.checked) { this.heard("", false); this.state(""); }
   }
-}
-
-function config(enabled) {
-  return { enabled, language: null, end_of_turn_ms: 500, partials: true };
 }

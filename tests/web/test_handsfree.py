@@ -21,13 +21,14 @@ from tests.agent.speech_helpers import wer, words
 from .chat_server import ChatServer
 from .conftest import ARTIFACTS, write_wav
 from .test_browser import connect, events, wait_event
-from .test_llm_bridge import enable_bridge
+from .test_llm_bridge import ask, enable_bridge
 
 RATE = 48000
 QUESTION = "What is the capital of France?"
 FOLLOW_UP = "Tell me a joke about the weather."
 LONG = ["It", " goes", " on:", *[f" word{i}" for i in range(150)]]  # spoken for far longer than the test runs
 SHORT = ["Sure", ", ", "here", " it", " is", "."]
+TYPED = ["Bye", "."]
 MAX_WER = 0.3
 MAX_WER_OVER_AGENT = 0.5
 
@@ -83,7 +84,7 @@ def requested(chat: ChatServer, n: int, timeout: float = 10.0) -> dict[str, Any]
 
 @pytest.fixture
 def chat(netns: Any) -> Iterator[ChatServer]:
-    server = ChatServer([LONG, SHORT], on_thread_start=netns.enter_this_thread)
+    server = ChatServer([LONG, SHORT, TYPED], on_thread_start=netns.enter_this_thread)
     yield server
     server.close()
 
@@ -155,4 +156,16 @@ def test_spoken_questions_are_asked_and_a_barge_in_keeps_what_was_heard(stt_web_
     print(f"\nHANDSFREE final_at_s={(final['at'] - t0) / 1000:.1f} reply_audio_at_s={(first_audio - t0) / 1000:.1f} "
           f"final_latency_ms={final['latency_ms']} asked={asked!r} wer={wer(QUESTION, asked):.2f} follow_up={second[3]['content']!r} "
           f"partials={len(page.evaluate('vg.voice.partials'))} heard_of_reply={cut['spoken_text']!r}")
+
+    # typing still asks, with the spoken turns in the context
+    ask(page, "Thanks!")
+    third = requested(chat, 3)["messages"]
+    assert [(m["role"], m["content"]) for m in third[3:]] == [
+        ("user", second[3]["content"]), ("assistant", "".join(SHORT)), ("user", "Thanks!")]
+    page.wait_for_function("vg.events.filter(e => e.type === 'utterance.done').length >= 2", timeout=30000)
+    # unticked: the session stops transcribing
+    box.uncheck()
+    page.wait_for_function("vg.events.some(e => e.type === 'session.updated' && e.config.transcription"
+                           " && e.config.transcription.enabled === false)", timeout=5000)
+    assert page.locator("#voice-in-help").inner_text().startswith("Off")
     assert errors == [], errors
