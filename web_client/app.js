@@ -2,6 +2,7 @@
 // Plain ES module, no build step. State for tests and debugging lives on window.vg.
 
 import { streamChat } from "./llm.js";
+import { VoiceInput } from "./voice_in.js";
 
 const $ = (id) => document.getElementById(id);
 const now = () => performance.now();
@@ -81,6 +82,7 @@ async function connect() {
     });
     fillPickers(created);
     send({ type: "session.update", audio: "webrtc", ...voiceFields() });
+    voiceIn.connect(created);  // its own session.update: a server without a recognizer refuses it alone
 
     pc = new RTCPeerConnection({ iceServers: [] });
     pc.addTrack(mic.getAudioTracks()[0], mic);
@@ -126,6 +128,7 @@ function teardown() {
   if (ctx) { ctx.close(); ctx = null; }
   agentAn = micAn = null;
   fed = ""; pending = []; openLocal = null;
+  voiceIn.disconnect();
   $("remote").srcObject = null;
   for (const id of ["disconnect", "text", "speak", "stop", "voice", "language", "instruct", "copy"]) $(id).disabled = true;
   $("connect").disabled = false;
@@ -306,6 +309,15 @@ function stop() {
 const llm = vg.llm = { turns: [], controller: null, requests: 0 };
 const LLM_FIELDS = ["llm-url", "llm-model", "llm-system"];
 const llmOn = () => $("llm-on").checked;
+const voiceIn = new VoiceInput({
+  send: (transcription) => send({ type: "session.update", transcription }),
+  onTurn: (text) => askLlm(text, false),  // a final transcript: asked exactly as if typed
+  onPending: () => renderLlm(),
+  bridgeOn: () => llmOn(),
+});
+vg.voice = voiceIn.log;
+// The recognizer (or none) before connecting: /healthz says {"stt": {backend, model} | null}.
+fetch("/healthz").then((r) => r.json()).then((h) => voiceIn.setServer(h.stt)).catch(() => {});
 
 for (const id of LLM_FIELDS) {
   const saved = localStorage.getItem(`voicegate.${id}`);
@@ -314,6 +326,7 @@ for (const id of LLM_FIELDS) {
 }
 $("llm-on").addEventListener("change", () => {
   $("llm-state").textContent = llmOn() ? "on: Enter asks the LLM" : "off";
+  voiceIn.render(); renderLlm();
   $("text").placeholder = llmOn() ? "Ask the LLM; Enter sends, Esc stops the answer."
     : "Type: each character streams to the agent as you type. Enter = speak, Esc = stop.";
 });
@@ -331,14 +344,15 @@ function llmMessages(question) {
   return messages;
 }
 
-async function askLlm(text) {
+async function askLlm(text, typed = true) {
   const question = text.trim();
   if (!question || !vg.connected) return;
   abortLlm();
   const turn = { user: question, reply: "", heard: null, state: "asking" };
   const messages = llmMessages(question);
   llm.turns.push(turn);
-  $("text").value = ""; fed = ""; openLocal = null;
+  if (typed) $("text").value = "";  // a spoken question leaves what is being typed alone
+  fed = ""; openLocal = null;
   const controller = llm.controller = new AbortController();
   llm.requests += 1;
   $("llm-state").textContent = "waiting for the LLM…";
@@ -394,7 +408,16 @@ function renderLlm() {
     const meta = document.createElement("div"); meta.className = "meta"; meta.textContent = t.state;
     a.append(s, n, meta);
     return [q, a];
-  }));
+  }), ...pendingBubble());
+}
+
+// The turn being spoken, as a user bubble that its final transcript replaces in place.
+function pendingBubble() {
+  const p = voiceIn.pending;
+  if (!p || !llmOn()) return [];
+  const q = document.createElement("li"); q.className = "user pending"; q.textContent = p.text;
+  q.setAttribute("aria-label", `you are saying: ${p.text}`);
+  return [q];
 }
 
 $("speak").addEventListener("click", speak);
@@ -425,6 +448,7 @@ function utt(id) {
 function onEvent(m) {
   m.at = now();
   vg.events.push(m);
+  if (voiceIn.handle(m)) return;
   switch (m.type) {
     case "utterance.queued": render(utt(m.utterance)); break;
     case "utterance.started": { const u = utt(m.utterance); u.state = "playing"; u.startedAt = m.at; render(u); break; }

@@ -61,12 +61,12 @@ def netns() -> Iterator[LoopbackNamespace]:
         yield ns
 
 
-def server_in(ns: LoopbackNamespace, engine: Any) -> ServerThread:
+def server_in(ns: LoopbackNamespace, engine: Any, stt: Any = None) -> ServerThread:
     """A server on `engine` whose sockets (HTTP, WebSocket, WebRTC) live in the namespace `ns`."""
     from agent.settings import ServerSettings
 
     return ServerThread(engine, ServerSettings(port=0), rtc_settings=loopback_rtc(),
-                        on_thread_start=ns.enter_this_thread)
+                        on_thread_start=ns.enter_this_thread, stt=stt)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +74,19 @@ def web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThre
     srv = server_in(netns, web_engine)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def stt_web_server(web_engine: Any, netns: LoopbackNamespace) -> Iterator[ServerThread]:
+    """As `voicegate serve --stt faster-whisper:DIR`: the real recognizer, Whisper tiny.en (the pinned test model)."""
+    from agent.speech_in.faster_whisper import FasterWhisperRecognizer, FasterWhisperSettings
+    from agent.speech_in.service import RecognizerService
+    from tests.agent.speech_helpers import test_model_dir
+
+    recognizer = FasterWhisperRecognizer(FasterWhisperSettings(model=str(test_model_dir()), cpu_threads=2))
+    srv = server_in(netns, web_engine, stt=RecognizerService(recognizer))
+    yield srv
+    srv.stop()  # closes the recognizer service too
 
 
 @pytest.fixture(scope="session")
