@@ -253,7 +253,6 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = settings_from_args(args)  # bad flags fail before the model loads
-
     recognizer = open_recognizer_service(args)  # before the TTS model: a bad --stt fails in a second
     import torch
 
