@@ -72,6 +72,10 @@ class ServerSettings:
     # Empty: no CORS headers (same-origin pages and non-browser clients only)
     cors_origins: tuple[str, ...] = ()
     voice_aliases: dict[str, str] = field(default_factory=dict)  # alias -> voice (agent.voices.aliases)
+    # A fleet of replicas (docs/protocol.md, "Replicas"): session ids start with `replica_id.` (None: the host
+    # name); `join_url` is absolute under `public_url` when set, else the path alone
+    replica_id: str | None = None
+    public_url: str | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
 

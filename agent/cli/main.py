@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.cli.engine_options import add_engine_arguments
+from agent.cli.fleet_options import add_fleet_arguments, fleet_settings
 from agent.cli.stt_options import add_stt_arguments
 from agent.cli.voices import add_parser as add_voices_parser
 from agent.cli.voices import add_voices_dir
@@ -205,6 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
                               cors_origins=tuple(args.cors_origin or ()),
                               voice_aliases=parse_aliases(",".join(args.voice_alias or ())),
+                              **fleet_settings(args),
                               session=SessionSettings(max_utterance_chars=args.max_utterance_chars,
                                                       audio_lead_ms=args.audio_lead_ms,
                                                       start_buffer_ms=args.start_buffer_ms,
@@ -335,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_stt_arguments(sv)
     add_voices_dir(sv)
+    add_fleet_arguments(sv)
     sv.set_defaults(func=cmd_serve)
 
     wy = sub.add_parser("wyoming", help="Home Assistant: a Wyoming TTS server with streaming synthesis")

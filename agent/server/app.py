@@ -125,7 +125,8 @@ class Server:
         return tracked
 
     def health(self) -> dict[str, Any]:
-        return {"ok": not self.shutting_down, "model": self.info.name, "model_kind": self.info.kind,
+        return {"ok": not self.shutting_down, "replica": self._sessions.replica, "model": self.info.name,
+                "model_kind": self.info.kind,
                 "device": str(self.engine.model.device), "sessions": len(self.sessions),
                 "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1)}
 

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from agent.apis.keys import ApiKey
 from agent.metrics import Metrics
+from agent.server.replica import join_base, resolve_replica_id
 from agent.session import protocol
 from agent.session.connection import Connection, SocketClosed
 from agent.session.session import Session
@@ -62,6 +63,8 @@ class Sessions:
         self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
         self.table: dict[str, Session] = {}
         self.closing = False  # shutdown: no new connections
+        self.replica = resolve_replica_id(settings.replica_id)
+        self.join_base = join_base(settings.public_url)
 
     async def endpoint(self, ws: WebSocket) -> None:
         query = parse_qs(ws.scope["query_string"].decode("latin-1"))
@@ -112,7 +115,7 @@ class Sessions:
                 return None, (protocol.MAX_SESSIONS, protocol.CLOSE_TRY_AGAIN,
                               f"server full: {self.settings.max_sessions} sessions (max_sessions); try later")
             session = Session(self.engine, self.info, self.settings.session, self.metrics, self.tokenizer,
-                              self.rtc_settings, self.vad_defaults)
+                              self.rtc_settings, self.vad_defaults, replica=self.replica, join_base=self.join_base)
             self.table[session.id] = session
             self.metrics.sessions_total.inc()
             return session, None

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from tokenizers import Tokenizer
 
@@ -39,9 +40,13 @@ __all__ = ["ModelInfo", "Session"]  # ModelInfo lives in agent.voices.catalogue;
 
 class Session:
     def __init__(self, engine: Engine, info: ModelInfo, settings: SessionSettings, metrics: Metrics,
-                 tokenizer: Tokenizer | None = None, rtc_settings: Any = None, vad_defaults: Any = None) -> None:
-        self.id = "sess_" + secrets.token_hex(8)
+                 tokenizer: Tokenizer | None = None, rtc_settings: Any = None, vad_defaults: Any = None,
+                 replica: str | None = None, join_base: str = "/v1/session") -> None:
+        # `<replica>.sess_<random>`: a proxy routes a session's connections on the part before the first '.'
+        self.id = ("" if replica is None else replica + ".") + "sess_" + secrets.token_hex(8)
         self.token = secrets.token_urlsafe(24)
+        self.replica = replica
+        self.join_url = f"{join_base}?{urlencode({'session': self.id, 'token': self.token})}"
         self.engine, self.info, self.settings, self.metrics = engine, info, settings, metrics
         self.tokenizer = tokenizer
         self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
@@ -69,7 +74,8 @@ class Session:
             self.listener = conn
             self.out.replace(self._paced_sink())
         created = protocol.event("session.created", session=self.id, token=self.token, sample_rate=SAMPLE_RATE,
-                                 frame_ms=ENGINE_FRAME_MS, role=conn.role, config=self.config(),
+                                 frame_ms=ENGINE_FRAME_MS, role=conn.role, replica=self.replica,
+                                 join_url=self.join_url, config=self.config(),
                                  limits={"max_utterance_chars": self.settings.max_utterance_chars,
                                          "max_queued_utterances": self.settings.max_queued_utterances},
                                  **self.info.describe())

@@ -36,7 +36,7 @@ async def alive(client: Client, server: ServerThread) -> None:
 
 async def test_session_created_fields(server: ServerThread) -> None:
     async with session_client(server.ws_url) as (_, created):
-        assert re.fullmatch(r"sess_[0-9a-f]{16}", created["session"])
+        assert re.fullmatch(r"[a-z0-9-]{1,63}\.sess_[0-9a-f]{16}", created["session"])  # replica.random
         assert isinstance(created["token"], str) and len(created["token"]) >= 32
         assert (created["sample_rate"], created["frame_ms"], created["role"]) == (24000, 80, "owner")
         assert "vivian" in created["voices"] and "english" in created["languages"]
