@@ -20,8 +20,9 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench.fleet import API_KEY, AUTH, Fleet, get_status, run_fleet
+from bench.proxy import measure
 from tests.agent.conftest import Client
-from tests.deploy.fleet import API_KEY, AUTH, Fleet, get_status, run_fleet
 
 SENTENCE = "Routing this reply through the proxy to the replica that holds the session. "
 
@@ -141,6 +142,14 @@ async def test_openai_and_elevenlabs_requests_pass_through_the_proxy(fleet: Flee
             while not messages or messages[-1].get("isFinal") is not True:
                 messages.append(json.loads(await ws.recv()))
     assert any(m.get("audio") for m in messages)
+
+
+async def test_the_proxy_adds_under_2_ms_to_first_audio(fleet: Fleet) -> None:
+    """bench/proxy.py's measure, small: sessions alternately direct to a replica and through nginx; what the
+    proxy adds to first audio on the wire (the model's time, noisy on a busy CPU, is taken out)."""
+    direct = f"ws://127.0.0.1:{fleet.replicas['voicegate-0'].port}/v1/session"
+    result = await measure(direct, fleet.ws_url, n=8, text="Hello!", warmup=1)
+    assert result["transit_ms"]["proxy_minus_direct"]["p50"] < 2.0, result
 
 
 async def test_draining_replica_finishes_its_utterance_and_takes_no_new_sessions(fleet: Fleet) -> None:

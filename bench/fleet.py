@@ -1,10 +1,16 @@
-"""A fleet on loopback: `voicegate serve` replicas (real subprocesses, tiny model) behind Debian's nginx running
-the proxy config the Helm chart renders (tests/deploy/chart.py's loopback values: replica ids -> 127.0.0.1
-ports instead of the headless service's DNS names)."""
+"""A fleet on loopback: `voicegate serve` replicas (real subprocesses) behind Debian's nginx running the proxy
+config the Helm chart (docker/helm/voicegate) renders, with values that map replica ids to 127.0.0.1 ports
+instead of the headless service's DNS names. Used by tests/deploy and bench/proxy.py.
+
+helm: docker/helm/install-helm.sh (into the venv's bin); nginx: Debian's nginx-light, run unprivileged with
+its config, logs, pid and temp files in a work folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,11 +21,90 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tests.deploy.chart import ROOT, loopback_values, nginx_command, nginx_conf, write_nginx_main
+import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "docker" / "helm" / "voicegate"
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def helm_binary() -> str:
+    found = shutil.which("helm") or (str(ROOT / ".venv" / "bin" / "helm")
+                                     if (ROOT / ".venv" / "bin" / "helm").exists() else None)
+    if not found:
+        raise RuntimeError("helm is not installed: bash docker/helm/install-helm.sh")
+    return found
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not found:
+        raise RuntimeError("nginx is not installed: apt-get install nginx-light")
+    return found
+
+
+def render(values: dict[str, Any] | None = None, *, release: str = "voicegate", namespace: str = "default",
+           show_only: str | None = None) -> list[dict[str, Any]]:
+    """`helm template` with the chart's defaults, an API key and `values` (a values file's content)."""
+    args = ["template", release, str(CHART), "--namespace", namespace, "--set", f"auth.apiKey={API_KEY}",
+            "--values", "-"]
+    if show_only:
+        args += ["--show-only", show_only]
+    done = subprocess.run([helm_binary(), *args], input=json.dumps(values or {}), capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"helm template failed: {done.stderr}")
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    hits = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if len(hits) != 1:
+        raise LookupError(f"{len(hits)} {kind} {name or ''} in the rendered chart")
+    return hits[0]
+
+
+def nginx_conf(values: dict[str, Any] | None = None) -> str:
+    """The proxy's config (its ConfigMap) as the chart renders it with `values`."""
+    return str(find(render(values, show_only="templates/proxy.yaml"), "ConfigMap")["data"]["voicegate.conf"])
+
+
+def loopback_values(replicas: dict[str, int], proxy_port: int) -> dict[str, Any]:
+    """The values that run the chart's proxy config off Kubernetes: replica ids -> 127.0.0.1 ports."""
+    return {"proxy": {"listenAddress": "127.0.0.1", "listenPort": proxy_port,
+                      "staticReplicas": {rid: f"127.0.0.1:{port}" for rid, port in replicas.items()}}}
+
+
+def write_nginx_main(directory: Path, conf: str) -> Path:
+    """A main nginx.conf around `conf` (the http{} part) for an unprivileged nginx in `directory`: its logs,
+    pid and temp files stay there. (In the chart's image, nginx's stock nginx.conf includes it.)"""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "logs").mkdir(exist_ok=True)
+    (directory / "voicegate.conf").write_text(conf)
+    main = directory / "nginx.conf"
+    main.write_text(f"""worker_processes 1;
+error_log {directory}/logs/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {directory}/logs/access.log;
+    client_body_temp_path {directory}/client_body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    include {directory}/voicegate.conf;
+}}
+""")
+    return main
+
+
+def nginx_command(main: Path) -> list[str]:
+    directory = main.parent
+    return [nginx_binary(), "-p", str(directory), "-c", str(main), "-e", str(directory / "logs" / "error.log"),
+            "-g", f"daemon off; pid {directory}/nginx.pid;"]
 
 
 def free_port() -> int:
