@@ -65,7 +65,13 @@ class ServerSettings:
     # loop (paced audio, barge-in) must win: nice 5 cut frame lateness p99 from 22 to 1.8 ms at 8 sessions
     # on 2 cores (bench/server.py) and the engine's throughput did not drop. 0 leaves it alone.
     engine_nice: int = 5
-    shutdown_grace_s: float = 5.0  # on SIGINT/SIGTERM: time left for in-flight utterances to finish
+    shutdown_grace_s: float = 5.0  # Server.shutdown() called directly: time left for in-flight utterances
+    # SIGTERM/SIGINT (Server.drain): how long utterances in flight may play on before their sessions close for a
+    # restart. Kubernetes' terminationGracePeriodSeconds must exceed it plus the preStop sleep (docs/scaling.md)
+    drain_grace_s: float = 30.0
+    # Streams this replica serves in real time (the autoscaler's target; set it from bench figures). None: the
+    # engine's max_streams
+    capacity_streams: int | None = None
     static_dir: Path | None = None  # the page at "/" (default: the installed web_client package)
     voices_dir: Path | None = None  # saved voices next to the presets (None: presets only; CLI: default dir)
     # browser origins allowed to call the HTTP APIs cross-origin (CORS), e.g. "https://app.example"; "*" for any.

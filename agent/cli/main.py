@@ -201,7 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServerSettings(host=args.host, port=args.port, api_key=args.api_key or None,
                               max_sessions=args.max_sessions, max_message_bytes=args.max_message_bytes,
-                              shutdown_grace_s=args.shutdown_grace, engine_nice=args.engine_nice,
+                              engine_nice=args.engine_nice,
                               static_dir=Path(args.static_dir) if args.static_dir else None,
                               voices_dir=Path(args.voices_dir) if args.voices_dir else default_voices_dir(),
                               cors_origins=tuple(args.cors_origin or ()),
@@ -236,11 +236,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     try:
-        asyncio.run(server.run(on_started=started))
+        drained = asyncio.run(server.run(on_started=started))
     finally:
         engine.close()
-    print("voicegate: stopped", file=sys.stderr)
-    return 0
+    print("voicegate: stopped" if drained else "voicegate: stopped without draining (second signal)",
+          file=sys.stderr)
+    return 0 if drained else 1
 
 
 def cmd_wyoming(args: argparse.Namespace) -> int:
@@ -323,8 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: ignore user speech that starts this soon after playback starts")
     sv.add_argument("--ice-server", action="append", metavar="URL",
                     help="STUN/TURN server URL for WebRTC (repeatable; default: none, host candidates only)")
-    sv.add_argument("--shutdown-grace", type=float, default=5.0,
-                    help="seconds in-flight utterances get to finish on SIGINT/SIGTERM")
     sv.add_argument("--engine-nice", type=int, default=5,
                     help="nice value of the engine thread, so that paced audio and barge-in win the CPU (0: off)")
     sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")

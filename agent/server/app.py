@@ -1,10 +1,19 @@
 """The media server: every route (agent.server.routes) on one port, served by uvicorn (agent.server.transport).
 
 The server owns one engine (shared by every session and API request: its scheduler batches their streams), the
-session table (agent.server.sessions) and the context the compatible APIs get (agent.apis.context). Shutdown
-(SIGINT/SIGTERM via `run`): stop accepting, cut streamed HTTP answers and API sockets (their engine streams
-stop; sockets close 1001), flush open utterances, give in-flight ones `shutdown_grace_s` to finish,
-interrupt the rest (reason "shutdown"), close session sockets (1001), then the idle connections.
+session table (agent.server.sessions) and the context the compatible APIs get (agent.apis.context).
+
+Drain (the first SIGINT/SIGTERM via `run`; a second one cuts it short): /healthz answers 503 "draining" (a
+readiness probe takes the replica out of its Service) while the port keeps serving; new sessions are
+refused (1013) and new API requests get 503 + Retry-After (agent.server.drain); producers may still join
+the sessions held here. Each session is closed for a restart (`session.closing`, then 1012) as soon as
+nothing plays in it, at the latest after `drain_grace_s` (what still plays is then interrupted); HTTP answers
+and API sockets that were open get the same grace. Then the shutdown.
+
+Shutdown (after the drain, or `shutdown()` directly): stop accepting, cut streamed HTTP answers and API
+sockets (their engine streams stop; sockets close 1001), flush open utterances, give in-flight ones
+`shutdown_grace_s` to finish, interrupt the rest (reason "shutdown"), close session sockets (1001), then the
+idle connections.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from agent.server.sessions import Sessions
 from agent.server.transport import uvicorn_config
 from agent.session.session import Session
 from agent.settings import ServerSettings
-from agent.signals import wait_for_stop_signal
+from agent.signals import serve_until_signal
 from agent.voices.catalogue import ModelInfo
 
 if TYPE_CHECKING:
@@ -74,6 +83,10 @@ class Server:
                 lambda: sum(len(s.utterances.live()) for s in sessions.values()))
         m.gauge("voicegate_engine_streams", "Streams the engine is stepping.",
                 lambda: self.engine.scheduler.live_streams)
+        capacity = self.settings.capacity_streams or self.engine.settings.max_streams
+        m.gauge("voicegate_engine_capacity_streams",
+                "Streams this replica serves in real time (--capacity-streams, set from bench figures; default "
+                "the engine's max streams): scale on voicegate_engine_streams against it.", lambda: capacity)
         m.gauge("voicegate_engine_steps", "Engine steps so far (monotonic).", lambda: self.engine.scheduler.steps)
         m.gauge("voicegate_engine_graph_recordings_after_ready",
                 "CUDA graphs recorded after warm-up, in live traffic (a first-frame spike each; should stay 0).",
@@ -125,7 +138,8 @@ class Server:
         return tracked
 
     def health(self) -> dict[str, Any]:
-        return {"ok": not self.shutting_down, "replica": self._sessions.replica, "model": self.info.name,
+        status = "stopping" if self.shutting_down else "draining" if self.draining else "serving"
+        return {"ok": status == "serving", "status": status, "replica": self._sessions.replica, "model": self.info.name,
                 "model_kind": self.info.kind,
                 "device": str(self.engine.model.device), "sessions": len(self.sessions),
                 "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1)}
@@ -159,10 +173,30 @@ class Server:
             return self.settings.port
         return int(self._socket.getsockname()[1])
 
-    async def shutdown(self) -> None:
-        """Graceful stop: see the module docstring."""
+    @property
+    def draining(self) -> bool:
+        return self._sessions.draining
+
+    async def drain(self) -> None:
+        """Finish what is in flight, refusing new work: see the module docstring. `shutdown()` follows."""
+        if self.draining or self.shutting_down:
+            return
+        grace = self.settings.drain_grace_s
+        log.info("draining: up to %.0f s for the utterances in flight", grace)
+        flows = list(self._flows)  # open now: they may finish within the grace (new ones get 503)
+        self._sessions.draining = True
+        waits = [self._sessions.drain(grace)]
+        if flows:
+            waits.append(asyncio.wait(flows, timeout=grace))
+        await asyncio.gather(*waits)
+        log.info("drained")
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Graceful stop (in-flight utterances get `grace_s`, default settings.shutdown_grace_s): see the
+        module docstring."""
         if self.shutting_down:
             return
+        log.info("shutting down")
         self.shutting_down = True
         for server in getattr(self._uvicorn, "servers", []):
             server.close()  # stop accepting; open connections stay until their sessions end
@@ -171,7 +205,7 @@ class Server:
         for task in flows:  # a streamed answer is cut (its engine stream stops); an API socket closes 1001
             task.cancel()
         await asyncio.gather(*flows, return_exceptions=True)
-        await self._sessions.shutdown(self.settings.shutdown_grace_s)
+        await self._sessions.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
         if self._uvicorn.started:
             with contextlib.suppress(Exception):
                 await self._uvicorn.shutdown(sockets=[self._socket] if self._socket else None)
@@ -180,13 +214,10 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._clock
 
-    async def run(self, on_started: Callable[[Server], None] | None = None) -> None:
-        """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+    async def run(self, on_started: Callable[[Server], None] | None = None) -> bool:
+        """Serve until SIGINT/SIGTERM, drain, shut down. False when a second signal cut the drain short."""
         await self.start()
         if on_started is not None:
             on_started(self)
-        try:
-            await wait_for_stop_signal()
-        finally:
-            log.info("shutting down")
-            await self.shutdown()
+        # after a drain nothing plays any more; after a cut one nothing may
+        return await serve_until_signal(lambda: self.shutdown(grace_s=0.0), drain=self.drain)

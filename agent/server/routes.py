@@ -1,7 +1,7 @@
 """Every route of the serve port, as one Starlette application.
 
     GET  /                the browser page (web_client/index.html; a placeholder until it exists) and its files
-    GET  /healthz         {"ok": true, "model": ..., "sessions": n, ...}
+    GET  /healthz         {"ok": true, "status": "serving", "model": ..., "sessions": n, ...}; 503 while draining
     GET  /metrics         Prometheus text (API key required when one is set)
     WS   /v1/session      the session protocol (agent.server.sessions)
     POST /v1/audio/speech, GET /v1/models, /v1/audio/voices, /v1/voices     agent.apis.openai
@@ -33,6 +33,7 @@ from agent.apis import elevenlabs, elevenlabs_rest, openai
 from agent.apis.context import ApiContext
 from agent.apis.speech import ApiError
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from agent.server.drain import DrainGate
 from agent.server.middleware import HeaderGuard, RequestIdMiddleware
 from agent.server.sessions import Sessions
 from agent.settings import ServerSettings
@@ -58,7 +59,8 @@ class Site:
         self.static_dir, self.ctx, self.health = static_dir, ctx, health
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse(self.health(), headers=NO_STORE)
+        health = self.health()  # not ok (draining, stopping): 503, so that a readiness probe fails
+        return JSONResponse(health, 200 if health["ok"] else 503, headers=NO_STORE)
 
     async def metrics(self, request: Request) -> Response:
         query = parse_qs(request.scope["query_string"].decode("latin-1"))
@@ -112,11 +114,12 @@ def build_app(settings: ServerSettings, site: Site, sessions: Sessions, ctx: Api
               Route("/{name}", site.static, methods=["GET"]),
               WebSocketRoute("/{path:path}", _websocket_not_found)]
     middleware = [Middleware(RequestIdMiddleware), Middleware(HeaderGuard)]
-    if settings.cors_origins:
+    if settings.cors_origins:  # before the drain gate: its 503 is readable cross-origin
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                                      allow_methods=["GET", "HEAD", "POST"],
                                      allow_headers=["Authorization", "Content-Type", "xi-api-key"],
                                      expose_headers=["X-Voicegate-Voice", "X-Voicegate-Warning", "x-request-id"],
                                      max_age=600))
+    middleware.append(Middleware(DrainGate, draining=lambda: sessions.draining))
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={404: _not_found, 405: _method_not_allowed})

@@ -63,6 +63,7 @@ class Sessions:
         self.rtc_settings, self.vad_defaults = rtc_settings, vad_defaults
         self.table: dict[str, Session] = {}
         self.closing = False  # shutdown: no new connections
+        self.draining = False  # SIGTERM: no new sessions; joins go on (agent.server.app, "Drain")
         self.replica = resolve_replica_id(settings.replica_id)
         self.join_base = join_base(settings.public_url)
 
@@ -111,6 +112,9 @@ class Sessions:
             return None, (protocol.SHUTTING_DOWN, protocol.CLOSE_GOING_AWAY, "server shutting down")
         sid = (query.get("session") or [None])[0]
         if sid is None:
+            if self.draining:
+                return None, (protocol.SHUTTING_DOWN, protocol.CLOSE_TRY_AGAIN,
+                              "server draining: open the session again (another replica takes it)")
             if len(self.table) >= self.settings.max_sessions:
                 return None, (protocol.MAX_SESSIONS, protocol.CLOSE_TRY_AGAIN,
                               f"server full: {self.settings.max_sessions} sessions (max_sessions); try later")
@@ -134,6 +138,27 @@ class Sessions:
     async def end(self, session: Session) -> None:
         self.table.pop(session.id, None)
         await session.close()
+
+    async def drain(self, grace_s: float) -> None:
+        """No new sessions; each session is closed for a restart once nothing plays in it, or when `grace_s`
+        is up (what still plays is then interrupted, reason "shutdown")."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + grace_s
+        await asyncio.gather(*(self._drain(s, deadline) for s in list(self.table.values())),
+                             return_exceptions=True)
+
+    async def _drain(self, session: Session, deadline: float) -> None:
+        await session.utterances.wait_idle(deadline - asyncio.get_running_loop().time())
+        if session.closed:
+            return
+        await session.shutdown(0.0)  # no new text from here on; anything still playing is interrupted
+        closing = protocol.event("session.closing", reason="server_restart", reconnect=True)
+        conns = list(session.connections.values())
+        for conn in conns:
+            conn.send_event(closing)
+        await asyncio.gather(*(c.flush_and_close(protocol.CLOSE_SERVICE_RESTART, "server restarting: reconnect")
+                               for c in conns), return_exceptions=True)
+        await self.end(session)
 
     async def shutdown(self, grace_s: float) -> None:
         """Flush open utterances, give in-flight ones `grace_s`, interrupt the rest, close every socket (1001)."""

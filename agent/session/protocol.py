@@ -43,8 +43,9 @@ INSTRUCT_IGNORED = "instruct_ignored"  # the model does not follow style instruc
 
 # ---- close codes (RFC 6455 private range 4000-4999, plus standard ones) ---------------------------
 CLOSE_GOING_AWAY = 1001  # server shutdown
+CLOSE_SERVICE_RESTART = 1012  # drained (SIGTERM): reconnect, through the proxy, to another replica
 CLOSE_POLICY = 1008  # policy violation: a slow consumer, a wrong key on an API socket
-CLOSE_TRY_AGAIN = 1013  # max sessions
+CLOSE_TRY_AGAIN = 1013  # max sessions; a new session while the server drains
 CLOSE_BAD_TOKEN = 4403
 CLOSE_UNKNOWN_SESSION = 4404
 CLOSE_TOO_MANY_CONNECTIONS = 4429

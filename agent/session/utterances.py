@@ -309,17 +309,22 @@ class UtteranceQueue:
             self._open_stream(nxt)
 
     # ---- ending ----------------------------------------------------------------------------------
-    async def shutdown(self, grace_s: float) -> None:
-        """No new text; the open utterance is flushed; in-flight ones get `grace_s` to finish."""
-        self.accepting = False
-        self.flush()
-        deadline = self.loop.time() + grace_s
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Until nothing plays or waits (True), or `timeout_s` passes (False). Text may still arrive."""
+        deadline = self.loop.time() + timeout_s
         while self.live() and self.loop.time() < deadline:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - self.loop.time()))
             except TimeoutError:
                 break
+        return not self.live()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """No new text; the open utterance is flushed; in-flight ones get `grace_s` to finish."""
+        self.accepting = False
+        self.flush()
+        await self.wait_idle(grace_s)
         for utt in self.live():
             self.interrupt(utt, "shutdown")
 
@@ -333,6 +338,7 @@ class UtteranceQueue:
             self.metrics.utterances_total.inc(ended_by="closed")
         self.queue.clear()
         self.in_flight.clear()
+        self._changed.set()  # wakes wait_idle
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task

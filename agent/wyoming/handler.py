@@ -49,7 +49,7 @@ from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 from agent.boundary import clean_text
 from agent.media.frames import StreamFailed, frames
 from agent.settings import ENGINE_FRAME_MS, SAMPLE_RATE
-from agent.signals import wait_for_stop_signal
+from agent.signals import serve_until_signal
 from agent.voices.catalogue import ModelInfo, ResolvedVoice
 from agent.voices.errors import VoiceError
 from agent.wyoming.events import BadEvent, ping_text, text_of, voice_of
@@ -381,10 +381,7 @@ class WyomingService:
         await self.start()
         if on_started is not None:
             on_started(self)
-        try:
-            await wait_for_stop_signal()
-        finally:
-            await self.stop()
+        await serve_until_signal(self.stop)
 
 
 # ---- CLI (flags and model loading: agent.cli.main) ------------------------------------------------------

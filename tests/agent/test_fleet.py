@@ -4,21 +4,28 @@ proxy can act on, /healthz's replica, the capacity gauge, and draining on SIGTER
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import signal
+import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agent.cli.fleet_options import fleet_settings
 from agent.cli.main import build_parser
 from agent.server.replica import check_public_url, check_replica_id, default_replica_id, join_base
 from agent.session import protocol
 
-from .conftest import ServerThread, http_get, session_client
+from .conftest import Client, ServerThread, http_get, session_client
 
 # ---- replica ids ---------------------------------------------------------------------------------------
 
@@ -56,13 +63,18 @@ def test_join_base_is_a_path_or_the_websocket_url_under_the_public_url() -> None
 
 def test_serve_checks_its_fleet_flags_before_loading_a_model(monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    for flags in (["--replica-id", "Blue_1"], ["--public-url", "ftp://x"]):
+    for flags in (["--replica-id", "Blue_1"], ["--public-url", "ftp://x"], ["--capacity-streams", "0"],
+                  ["--capacity-streams", "2.5"]):
         with pytest.raises(SystemExit) as exited:
             build_parser().parse_args(["serve", *flags])
         assert exited.value.code == 2
     assert "DNS label" in capsys.readouterr().err
     args = build_parser().parse_args(["serve", "--replica-id", "blue-1", "--public-url", "https://v.example"])
-    assert fleet_settings(args) == {"replica_id": "blue-1", "public_url": "https://v.example"}
+    assert fleet_settings(args) == {"replica_id": "blue-1", "public_url": "https://v.example", "drain_grace_s": 30,
+                                    "capacity_streams": None}
+    assert fleet_settings(build_parser().parse_args(["serve", "--capacity-streams", "12"]))["capacity_streams"] == 12
+    for flag in ("--drain-grace", "--shutdown-grace"):  # the old name still works
+        assert fleet_settings(build_parser().parse_args(["serve", flag, "2.5"]))["drain_grace_s"] == 2.5
     monkeypatch.setenv("VOICEGATE_REPLICA_ID", "green-2")
     assert fleet_settings(build_parser().parse_args(["serve"]))["replica_id"] == "green-2"
     assert fleet_settings(build_parser().parse_args(["serve", "--replica-id", "b"]))["replica_id"] == "b"
@@ -126,3 +138,182 @@ async def test_a_session_that_is_not_here_is_refused_4404_at_once(server: Server
     assert err["type"] == "error" and err["code"] == protocol.UNKNOWN_SESSION
     assert closed.value.rcvd is not None and closed.value.rcvd.code == protocol.CLOSE_UNKNOWN_SESSION
     assert time.monotonic() - started < 5
+
+
+# ---- capacity ------------------------------------------------------------------------------------------
+
+def gauge(metrics: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+async def test_capacity_is_published_beside_the_live_streams(server: ServerThread, start_server: Any) -> None:
+    status, _, body = await asyncio.to_thread(http_get, server.url + "/metrics")
+    assert status == 200 and "# TYPE voicegate_engine_capacity_streams gauge" in body
+    assert gauge(body, "voicegate_engine_capacity_streams") == server.engine.settings.max_streams  # the default
+    srv: ServerThread = start_server(capacity_streams=3)
+    async with session_client(srv.ws_url) as (client, _):
+        await client.send(type="text.append", text="Counting streams while this one plays. ")
+        await client.expect("audio.first")
+        _, _, body = await asyncio.to_thread(http_get, srv.url + "/metrics")
+        assert gauge(body, "voicegate_engine_capacity_streams") == 3
+        assert gauge(body, "voicegate_engine_streams") >= 1  # this session's stream, at least
+
+
+# ---- drain (SIGTERM) -----------------------------------------------------------------------------------
+
+def request(url: str, body: bytes | None = None) -> tuple[int, Any, bytes]:
+    """(status, headers (case-insensitive), body): a GET, or a JSON POST with `body` (blocking)."""
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+async def closed_for_restart(client: Client, timeout: float = 20.0) -> dict[str, Any]:
+    """Reads to the end: the session.closing event, then a 1012 close."""
+    closing = await client.expect("session.closing", timeout=timeout)
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await client.next(timeout)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == protocol.CLOSE_SERVICE_RESTART
+    assert closing["reconnect"] is True and closing["reason"] == "server_restart"
+    return closing
+
+
+async def refused_as_new_session(url: str) -> None:
+    async with websockets.connect(url) as ws:
+        err = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert err["type"] == "error" and err["code"] == protocol.SHUTTING_DOWN
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == protocol.CLOSE_TRY_AGAIN
+
+
+async def test_drain_refuses_new_work_and_lets_live_speech_finish(start_server: Any) -> None:
+    srv: ServerThread = start_server(drain_grace_s=30.0)
+    async with session_client(srv.ws_url) as (speaking, created), session_client(srv.ws_url) as (idle, _):
+        await speaking.send(type="text.append", text="The agent is still in the middle of ")
+        await speaking.expect("audio.first")  # open: the LLM is still streaming this sentence
+        assert srv.server is not None
+        drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(srv.server.drain(), srv.loop))
+
+        await closed_for_restart(idle)  # nothing played there: closed at once
+        status, health = await get_json(srv.url + "/healthz")
+        assert status == 503 and (health["ok"], health["status"]) == (False, "draining")
+        await refused_as_new_session(srv.ws_url)
+        body = json.dumps({"model": "tts-1", "input": "Hi.", "voice": "vivian"}).encode()
+        status, headers, answer = await asyncio.to_thread(request, srv.url + "/v1/audio/speech", body)
+        assert status == 503 and headers.get("Retry-After") == "1"
+        assert json.loads(answer)["error"]["code"] == "shutting_down"
+        status, headers, answer = await asyncio.to_thread(request, srv.url + "/v1/voices")
+        assert status == 503 and json.loads(answer)["detail"]["status"] == "shutting_down"
+        status, _, _ = await asyncio.to_thread(request, srv.url + "/metrics")
+        assert status == 200  # still scraped while draining
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(f"ws://127.0.0.1:{srv.port}/v1/text-to-speech/vivian/stream-input"):
+                pass
+        assert refused.value.response.status_code == 503
+
+        # a producer still reaches the session, and the sentence is finished
+        async with session_client(f"ws://127.0.0.1:{srv.port}{created['join_url']}") as (producer, joined):
+            assert joined["role"] == "producer"
+            await producer.send(type="text.append", text="a sentence. ")
+            await producer.send(type="text.flush")
+            done = await speaking.expect("utterance.done", timeout=30)
+            assert done["text_fed"] == "The agent is still in the middle of a sentence. "
+            assert not drained.done()  # it waited for the speech
+            await closed_for_restart(speaking)
+            await closed_for_restart(producer)
+        await asyncio.wait_for(drained, 10)
+    assert srv.call(lambda: len(srv.server.sessions)) == 0  # type: ignore[union-attr]
+
+
+async def test_drain_grace_expiry_interrupts_then_closes_for_restart(start_server: Any) -> None:
+    srv: ServerThread = start_server(drain_grace_s=0.3)
+    async with session_client(srv.ws_url) as (client, _):
+        await client.send(type="text.append", text="This sentence is never flushed, so it cannot end before the "
+                                                    "grace runs out. ")
+        await client.expect("audio.first")
+        assert srv.server is not None
+        drained = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(srv.server.drain(), srv.loop))
+        evt = await client.expect("utterance.interrupted", timeout=10)
+        assert evt["reason"] == "shutdown"
+        await closed_for_restart(client)
+        await asyncio.wait_for(drained, 10)
+
+
+@contextlib.asynccontextmanager
+async def serve_process(checkpoint: Path, *flags: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`voicegate serve` in its own process: (process, port); killed if still running at the end."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli.main", "serve", "--model", str(checkpoint), "--port", "0",
+        "--threads", "1", *flags, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    try:
+        port = None
+        async with asyncio.timeout(120):
+            while port is None:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "voicegate serve exited before serving"
+                if match := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/", line):
+                    port = int(match.group(1))
+        yield proc, port
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def until_draining(url: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            status, health = await get_json(url + "/healthz")
+            if status == 503:
+                return health
+            await asyncio.sleep(0.05)
+
+
+async def test_sigterm_drains_a_real_server_and_it_exits_0(tiny_checkpoint: Any) -> None:
+    """An utterance in flight at SIGTERM plays to utterance.done while /healthz says draining and new
+    sessions are refused; then its session closes for a restart (1012) and the process exits 0."""
+    async with serve_process(tiny_checkpoint("custom_voice"), "--replica-id", "pod-7") as (proc, port):
+        url = f"ws://127.0.0.1:{port}/v1/session"
+        async with session_client(url) as (client, created):
+            assert created["session"].startswith("pod-7.")
+            await client.send(type="text.append", text="Goodbye for ")
+            await client.expect("audio.first")
+            proc.send_signal(signal.SIGTERM)
+            health = await until_draining(f"http://127.0.0.1:{port}")
+            assert (health["ok"], health["status"], health["replica"]) == (False, "draining", "pod-7")
+            await refused_as_new_session(url)
+            await client.send(type="text.append", text="now. ")
+            await client.send(type="text.flush")
+            done = await client.expect("utterance.done", "utterance.interrupted", timeout=30)
+            assert done["type"] == "utterance.done" and done["text_fed"] == "Goodbye for now. "
+            await closed_for_restart(client)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+        assert proc.stderr is not None
+        assert "voicegate: stopped\n" in (await proc.stderr.read()).decode()
+
+
+async def test_a_second_signal_stops_at_once(tiny_checkpoint: Any) -> None:
+    async with serve_process(tiny_checkpoint("custom_voice"), "--drain-grace", "60") as (proc, port):
+        async with session_client(f"ws://127.0.0.1:{port}/v1/session") as (client, _):
+            await client.send(type="text.append", text="An unfinished sentence that would hold the drain ")
+            await client.expect("audio.first")
+            proc.send_signal(signal.SIGTERM)
+            await until_draining(f"http://127.0.0.1:{port}")
+            proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await client.next(10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == protocol.CLOSE_GOING_AWAY
+        async with asyncio.timeout(10):
+            assert await proc.wait() == 1
+        assert time.monotonic() - started < 10

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -384,39 +383,6 @@ async def test_shutdown_grace_expiry_interrupts_with_reason_shutdown(start_serve
             while True:
                 await client.next()
         await stopping
-
-
-async def test_cli_serve_runs_and_stops_gracefully_on_sigterm(tiny_checkpoint) -> None:  # type: ignore[no-untyped-def]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli.main", "serve", "--model", str(tiny_checkpoint("custom_voice")),
-        "--port", "0", "--threads", "1", stderr=asyncio.subprocess.PIPE)
-    assert proc.stderr is not None
-    try:
-        port = None
-        async with asyncio.timeout(120):
-            while port is None:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "voicegate serve exited before serving"
-                if match := re.search(r"serving .* on http://127\.0\.0\.1:(\d+)/", line):
-                    port = int(match.group(1))
-        async with session_client(f"ws://127.0.0.1:{port}/v1/session") as (client, created):
-            assert created["model"] == str(tiny_checkpoint("custom_voice"))
-            await client.send(type="text.append", text="Goodbye for now. ")
-            await client.send(type="text.flush")
-            await client.expect("audio.first")
-            proc.send_signal(signal.SIGTERM)
-            done = await client.expect("utterance.done", "utterance.interrupted", timeout=30)
-            assert done["type"] == "utterance.done"
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await client.next()
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == protocol.CLOSE_GOING_AWAY
-        async with asyncio.timeout(30):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 # ---- the documented client -----------------------------------------------------------------------------
