@@ -141,7 +141,7 @@ class Replica:
     port: int
     checkpoint: Path
     workdir: Path
-    shutdown_grace: float = 20.0
+    drain_grace: float = 20.0
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -157,7 +157,7 @@ class Replica:
         self.starts += 1
         cmd = [sys.executable, "-m", "agent.cli.main", "serve", "--model", str(self.checkpoint),
                "--port", str(self.port), "--threads", "1", "--replica-id", self.rid, "--api-key", API_KEY,
-               "--shutdown-grace", str(self.shutdown_grace), "--max-streams", "4"]
+               "--drain-grace", str(self.drain_grace), "--max-streams", "4"]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 

@@ -71,6 +71,10 @@ def test_rendered_manifests_match_the_kubernetes_schemas(name: str) -> None:
 def test_replicas_are_statefulset_pods_named_by_their_replica_id() -> None:
     docs = render()
     sts, headless = statefulset(docs), find(docs, "Service", "voicegate-headless")
+    ready = find(docs, "Service", "voicegate-ready")
+    # New sessions and API requests: the ready replicas' addresses, re-resolved by nginx.
+    assert ready["spec"]["clusterIP"] == "None" and not ready["spec"].get("publishNotReadyAddresses")
+    assert ready["spec"]["selector"] == headless["spec"]["selector"]
     assert sts["spec"]["serviceName"] == "voicegate-headless" and sts["spec"]["replicas"] == 2
     assert headless["spec"]["clusterIP"] == "None"
     # A draining replica is not ready, yet producers must still reach its sessions by name.
@@ -89,7 +93,7 @@ def test_the_server_arguments_parse_as_voicegate_serve() -> None:
     args = container(render(VARIANTS["host-network-shared-caches"]))["args"]
     parsed = build_parser().parse_args(args)
     assert parsed.func.__name__ == "cmd_serve" and parsed.host == "0.0.0.0" and parsed.device == "cuda"
-    assert parsed.ice_server == ["stun:stun.example.org:3478"] and parsed.shutdown_grace == 20
+    assert parsed.ice_server == ["stun:stun.example.org:3478"] and parsed.drain_grace == 30
     assert parsed.public_url == "https://voice.example.com" and parsed.capacity_streams == 16
 
 
@@ -112,16 +116,20 @@ def test_gpu_and_the_dockerfile_cache_volumes() -> None:
 
 
 def test_probes_and_the_drain_timings() -> None:
-    values = {"serve": {"shutdownGrace": 30}, "preStopSleep": 7, "terminationMargin": 10}
+    values = {"serve": {"drainGrace": 45}, "preStopSleep": 7, "terminationMargin": 10}
     docs = render(values)
     main, pod = container(docs), statefulset(docs)["spec"]["template"]["spec"]
     assert main["readinessProbe"]["httpGet"]["path"] == "/healthz"  # 503 while draining: out of rotation
     assert main["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert "httpGet" not in main["livenessProbe"]  # a draining replica must not be restarted for its 503
     assert main["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
-    assert "--shutdown-grace=30" in main["args"]
+    assert "--drain-grace=45" in main["args"]
     # SIGKILL only after the preStop wait and the whole drain grace.
-    assert pod["terminationGracePeriodSeconds"] == 7 + 30 + 10
+    assert pod["terminationGracePeriodSeconds"] == 7 + 45 + 10
+    # By default preStop outlasts the proxy's view of the ready service (DNS TTL 5 s + the resolver's valid=).
+    defaults = render()
+    valid = int(re.search(r"valid=(\d+)s", nginx_conf())[1])  # type: ignore[index]
+    assert int(container(defaults)["lifecycle"]["preStop"]["exec"]["command"][1]) >= 5 + valid
 
 
 def test_pod_disruption_budget_covers_the_replicas() -> None:
@@ -140,10 +148,6 @@ def test_autoscaler_scales_the_statefulset_on_engine_load() -> None:
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "voicegate_engine_load"
     assert hpa["spec"]["maxReplicas"] == 5
-    # The proxy's least_conn group names every replica the autoscaler may make.
-    servers = re.findall(r"server (voicegate-\d+)\.voicegate-headless\.default\.svc\.cluster\.local:8080 resolve",
-                         nginx_conf(VARIANTS["autoscaling"]))
-    assert servers == [f"voicegate-{i}" for i in range(5)]
     # The rule docs/scaling.md gives Prometheus Adapter names the same metric from the server's gauges.
     scaling = (ROOT / "docs" / "scaling.md").read_text()
     assert "voicegate_engine_load" in scaling and "voicegate_engine_capacity_streams" in scaling
@@ -173,7 +177,10 @@ def test_reference_nginx_config_is_what_the_chart_renders() -> None:
     assert "map $arg_session $voicegate_replica" in conf and "least_conn;" in conf
     assert "default $voicegate_replica.voicegate-headless.default.svc.cluster.local:8080;" in conf
     assert "resolver kube-dns.kube-system.svc.cluster.local" in conf
+    assert "server voicegate-ready.default.svc.cluster.local:8080 resolve" in conf
     assert "proxy_buffering off;" in conf and "proxy_set_header Upgrade $http_upgrade;" in conf
+    # A request refused by a draining replica (503) goes on to another: its body must still be at hand.
+    assert "proxy_request_buffering off" not in conf and "http_503 non_idempotent" in conf
 
 
 def test_debian_nginx_accepts_the_loopback_render(tmp_path: Path) -> None:

@@ -11,6 +11,10 @@
 {{- printf "%s-headless" (include "voicegate.fullname" .) -}}
 {{- end -}}
 
+{{- define "voicegate.readyService" -}}
+{{- printf "%s-ready" (include "voicegate.fullname" .) -}}
+{{- end -}}
+
 {{- define "voicegate.proxyName" -}}
 {{- printf "%s-proxy" (include "voicegate.fullname" .) -}}
 {{- end -}}
@@ -39,11 +43,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: proxy
 {{- end -}}
 
-{{/* The most replicas that can exist: the proxy's least_conn upstream lists each of them. */}}
+{{/* The most replicas that can exist. */}}
 {{- define "voicegate.maxReplicas" -}}
 {{- if .Values.autoscaling.enabled -}}{{ .Values.autoscaling.maxReplicas }}{{- else -}}{{ .Values.replicaCount }}{{- end -}}
 {{- end -}}
 
 {{- define "voicegate.terminationGrace" -}}
-{{- add (int .Values.preStopSleep) (int (ceil .Values.serve.shutdownGrace)) (int .Values.terminationMargin) -}}
+{{- add (int .Values.preStopSleep) (int (ceil .Values.serve.drainGrace)) (int .Values.terminationMargin) -}}
 {{- end -}}

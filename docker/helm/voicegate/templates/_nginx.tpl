@@ -49,10 +49,9 @@ upstream voicegate_any {
     server {{ get $static $id }} max_fails=1 fail_timeout=5s;
 {{- end }}
 {{- else }}
-{{- $fullname := include "voicegate.fullname" . }}
-{{- range $i := until (int (include "voicegate.maxReplicas" .)) }}
-    server {{ $fullname }}-{{ $i }}{{ $suffix }} resolve max_fails=1 fail_timeout=5s;
-{{- end }}
+    # Ready replicas only: a draining (not ready) or terminating one drops out of this name, while its own
+    # name under the session service above stays until it is gone.
+    server {{ include "voicegate.readyService" . }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:{{ $port }} resolve max_fails=1 fail_timeout=5s;
 {{- end }}
     keepalive 16;
 }
@@ -75,9 +74,9 @@ server {
     proxy_set_header Connection $voicegate_connection;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
-    # Audio streams out as it is made (OpenAI/ElevenLabs streamed responses): no buffering either way.
+    # Audio streams out as it is made (OpenAI/ElevenLabs streamed responses): no response buffering. Request
+    # bodies (small JSON) are buffered, so a request refused with 503 can be sent again to another replica.
     proxy_buffering off;
-    proxy_request_buffering off;
     proxy_connect_timeout 5s;
     # A draining replica answers 503 to new work: try another one (only within voicegate_any; a session's own
     # replica has no alternative). Synthesis requests have no side effects, so POSTs may be retried too.
