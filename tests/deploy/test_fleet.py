@@ -215,7 +215,7 @@ async def test_killed_replica_takes_down_only_its_own_sessions(fleet: Fleet) -> 
             await client.expect("audio.first", timeout=30)
         victim.signal(signal.SIGKILL)
         lost, lost_created = held["voicegate-1"]
-        assert await closed_code(lost, timeout=15) != 1000
+        assert await closed_code(lost, timeout=15) is None  # 1006: nginx drops it with its upstream
         survivor, _ = held["voicegate-0"]
         done = await survivor.expect("utterance.done", "utterance.interrupted", timeout=60)
         assert done["type"] == "utterance.done", done
