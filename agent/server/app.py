@@ -139,8 +139,8 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         status = "stopping" if self.shutting_down else "draining" if self.draining else "serving"
-        return {"ok": status == "serving", "status": status, "replica": self._sessions.replica, "model": self.info.name,
-                "model_kind": self.info.kind,
+        return {"ok": status == "serving", "status": status, "replica": self._sessions.replica,
+                "model": self.info.name, "model_kind": self.info.kind,
                 "device": str(self.engine.model.device), "sessions": len(self.sessions),
                 "max_sessions": self.settings.max_sessions, "uptime_s": round(time.time() - self.started, 1)}
 

@@ -2,6 +2,7 @@
 
     GET  /                the browser page (web_client/index.html; a placeholder until it exists) and its files
     GET  /healthz         {"ok": true, "status": "serving", "model": ..., "sessions": n, ...}; 503 while draining
+    GET  /livez           {"ok": true, "status": ...}: 200 while the process serves, draining included (liveness)
     GET  /metrics         Prometheus text (API key required when one is set)
     WS   /v1/session      the session protocol (agent.server.sessions)
     POST /v1/audio/speech, GET /v1/models, /v1/audio/voices, /v1/voices     agent.apis.openai
@@ -62,6 +63,10 @@ class Site:
         health = self.health()  # not ok (draining, stopping): 503, so that a readiness probe fails
         return JSONResponse(health, 200 if health["ok"] else 503, headers=NO_STORE)
 
+    async def livez(self, request: Request) -> Response:
+        """Alive, even while draining: a liveness probe on /healthz would restart a draining replica."""
+        return JSONResponse({"ok": True, "status": self.health()["status"]}, headers=NO_STORE)
+
     async def metrics(self, request: Request) -> Response:
         query = parse_qs(request.scope["query_string"].decode("latin-1"))
         if not self.ctx.key.authorized(request.headers, query):
@@ -107,6 +112,7 @@ async def _websocket_not_found(ws: WebSocket) -> None:
 
 def build_app(settings: ServerSettings, site: Site, sessions: Sessions, ctx: ApiContext) -> Starlette:
     routes = [Route("/healthz", site.healthz, methods=["GET"]),
+              Route("/livez", site.livez, methods=["GET"]),
               Route("/metrics", site.metrics, methods=["GET"]),
               WebSocketRoute("/v1/session", sessions.endpoint),
               *openai.routes(ctx), *elevenlabs.routes(ctx), *elevenlabs_rest.routes(ctx),

@@ -152,6 +152,7 @@ class Sessions:
         if session.closed:
             return
         await session.shutdown(0.0)  # no new text from here on; anything still playing is interrupted
+        self.table.pop(session.id, None)  # a producer joining during the close below gets unknown_session
         closing = protocol.event("session.closing", reason="server_restart", reconnect=True)
         conns = list(session.connections.values())
         for conn in conns:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -94,7 +95,8 @@ async def get_json(url: str) -> tuple[int, dict[str, Any]]:
 async def test_session_ids_start_with_the_replica_and_join_url_joins(start_server: Any) -> None:
     srv: ServerThread = start_server(replica_id="blue-1")
     status, health = await get_json(srv.url + "/healthz")
-    assert status == 200 and health["replica"] == "blue-1"
+    assert status == 200 and (health["replica"], health["status"]) == ("blue-1", "serving")
+    assert await get_json(srv.url + "/livez") == (200, {"ok": True, "status": "serving"})
     async with session_client(srv.ws_url) as (owner, created):
         sid, token = created["session"], created["token"]
         assert re.fullmatch(r"blue-1\.sess_[0-9a-f]{16}", sid) and created["replica"] == "blue-1"
@@ -204,6 +206,7 @@ async def test_drain_refuses_new_work_and_lets_live_speech_finish(start_server: 
         await closed_for_restart(idle)  # nothing played there: closed at once
         status, health = await get_json(srv.url + "/healthz")
         assert status == 503 and (health["ok"], health["status"]) == (False, "draining")
+        assert await get_json(srv.url + "/livez") == (200, {"ok": True, "status": "draining"})
         await refused_as_new_session(srv.ws_url)
         body = json.dumps({"model": "tts-1", "input": "Hi.", "voice": "vivian"}).encode()
         status, headers, answer = await asyncio.to_thread(request, srv.url + "/v1/audio/speech", body)
@@ -225,8 +228,7 @@ async def test_drain_refuses_new_work_and_lets_live_speech_finish(start_server: 
             await producer.send(type="text.flush")
             done = await speaking.expect("utterance.done", timeout=30)
             assert done["text_fed"] == "The agent is still in the middle of a sentence. "
-            assert not drained.done()  # it waited for the speech
-            await closed_for_restart(speaking)
+            await closed_for_restart(speaking)  # after utterance.done: `expect` fails on a close before it
             await closed_for_restart(producer)
         await asyncio.wait_for(drained, 10)
     assert srv.call(lambda: len(srv.server.sessions)) == 0  # type: ignore[union-attr]
@@ -317,3 +319,21 @@ async def test_a_second_signal_stops_at_once(tiny_checkpoint: Any) -> None:
         async with asyncio.timeout(10):
             assert await proc.wait() == 1
         assert time.monotonic() - started < 10
+
+
+def test_a_streamed_answer_in_flight_at_the_drain_is_finished(start_server: Any) -> None:
+    srv: ServerThread = start_server(drain_grace_s=30.0)
+    assert srv.server is not None
+    body = json.dumps({"model": "tts-1", "input": "An answer that was asked for before the drain.",
+                       "voice": "vivian", "response_format": "pcm"}).encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        got = sock.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200 ")
+        drained = asyncio.run_coroutine_threadsafe(srv.server.drain(), srv.loop)
+        while chunk := sock.recv(65536):
+            got += chunk
+            if got.endswith(b"0\r\n\r\n"):
+                break
+        assert got.endswith(b"0\r\n\r\n")  # whole: the final chunk came
+        drained.result(10)
