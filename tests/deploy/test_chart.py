@@ -121,7 +121,7 @@ def test_probes_and_the_drain_timings() -> None:
     main, pod = container(docs), statefulset(docs)["spec"]["template"]["spec"]
     assert main["readinessProbe"]["httpGet"]["path"] == "/healthz"  # 503 while draining: out of rotation
     assert main["startupProbe"]["httpGet"]["path"] == "/healthz"
-    assert "httpGet" not in main["livenessProbe"]  # a draining replica must not be restarted for its 503
+    assert main["livenessProbe"]["httpGet"]["path"] == "/livez"  # 200 while draining: no restart for the 503
     assert main["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
     assert "--drain-grace=45" in main["args"]
     # SIGKILL only after the preStop wait and the whole drain grace.

@@ -179,6 +179,8 @@ async def test_draining_replica_finishes_its_utterance_and_takes_no_new_sessions
             while (status := await health(fleet, "voicegate-2"))[0] != 503:
                 await asyncio.sleep(0.05)
         assert status[1]["status"] == "draining", status
+        # ... while the chart's liveness probe still passes (a draining replica must not be restarted)
+        assert (await asyncio.to_thread(get_status, draining.url + "/livez"))[0] == 200
         # The draining replica refuses new sessions and API requests; through the proxy both go elsewhere
         # (nginx passes a request refused with 503 on to another replica).
         async with connect(f"ws://127.0.0.1:{draining.port}/v1/session", expect_created=False) as (refused, evt):
