@@ -72,10 +72,12 @@ def nginx_conf(values: dict[str, Any] | None = None) -> str:
     return str(find(render(values, show_only="templates/proxy.yaml"), "ConfigMap")["data"]["voicegate.conf"])
 
 
-def loopback_values(replicas: dict[str, int], proxy_port: int) -> dict[str, Any]:
-    """The values that run the chart's proxy config off Kubernetes: replica ids -> 127.0.0.1 ports."""
+def loopback_values(replicas: dict[str, int], proxy_port: int, not_ready: list[str] | None = None) -> dict[str, Any]:
+    """The values that run the chart's proxy config off Kubernetes: replica ids -> 127.0.0.1 ports; `not_ready`
+    ids get no new sessions (what the ready service does in Kubernetes)."""
     return {"proxy": {"listenAddress": "127.0.0.1", "listenPort": proxy_port,
-                      "staticReplicas": {rid: f"127.0.0.1:{port}" for rid, port in replicas.items()}}}
+                      "staticReplicas": {rid: f"127.0.0.1:{port}" for rid, port in replicas.items()},
+                      "staticNotReady": list(not_ready or [])}}
 
 
 def write_nginx_main(directory: Path, conf: str) -> Path:
@@ -197,6 +199,22 @@ class Fleet:
         log = self.workdir / "nginx" / "logs" / "error.log"
         self.nginx = subprocess.Popen(nginx_command(main), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_until_up(self.url + "/nginx-healthz", self.nginx, log, 30)
+
+    def set_not_ready(self, not_ready: list[str]) -> None:
+        """Render the config again with `not_ready` left out of new sessions and reload nginx (SIGHUP: new
+        workers take new connections; the old ones keep theirs, as in a Kubernetes rollout of the config)."""
+        assert self.nginx is not None
+        ports = {r.rid: r.port for r in self.replicas.values()}
+        self.conf = nginx_conf(loopback_values(ports, self.proxy_port, not_ready))
+        write_nginx_main(self.workdir / "nginx", self.conf)
+        log = self.workdir / "nginx" / "logs" / "error.log"
+        workers = log.read_text().count("start worker process")
+        self.nginx.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while log.read_text().count("start worker process") <= workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nginx did not reload:\n{log.read_text()[-2000:]}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.nginx is not None and self.nginx.poll() is None:

@@ -186,6 +186,11 @@ def test_reference_nginx_config_is_what_the_chart_renders() -> None:
 def test_debian_nginx_accepts_the_loopback_render(tmp_path: Path) -> None:
     conf = nginx_conf(loopback_values({"voicegate-0": 18080, "voicegate-1": 18081}, 18090))
     assert "resolver" not in conf and "upstream voicegate-1 {" in conf
+    # A replica out of the ready set keeps its own upstream (its sessions) but leaves the new-session group.
+    not_ready = nginx_conf(loopback_values({"voicegate-0": 18080, "voicegate-1": 18081}, 18090, ["voicegate-1"]))
+    group = not_ready[not_ready.index("upstream voicegate_any"):not_ready.index("upstream voicegate-0")]
+    assert "127.0.0.1:18080" in group and "127.0.0.1:18081" not in group
+    assert "upstream voicegate-1 {\n    server 127.0.0.1:18081;" in not_ready
     main = write_nginx_main(tmp_path, conf)
     cmd = nginx_command(main)
     done = subprocess.run([*cmd[:-2], "-g", f"pid {tmp_path}/nginx.pid;", "-t"], capture_output=True, text=True, timeout=30)

@@ -153,19 +153,6 @@ async def test_the_proxy_adds_under_2_ms_to_first_audio(fleet: Fleet) -> None:
     assert result["transit_ms"]["proxy_minus_direct"]["p50"] < 2.0, result
 
 
-async def open_new_session(fleet: Fleet, stack: contextlib.AsyncExitStack) -> dict[str, Any]:
-    """A new session through the proxy, opened again after a draining replica's refusal (shutting_down, 1013:
-    what docs/protocol.md tells clients to do). On loopback nginx's upstream has no readiness to go by; in
-    Kubernetes the ready service drops a draining replica, and this retry is rarely needed."""
-    for _ in range(4):
-        client, created = await stack.enter_async_context(connect(fleet.ws_url, expect_created=False))
-        if created["type"] == "session.created":
-            return created
-        assert created["code"] == "shutting_down", created
-        assert await closed_code(client) == 1013
-    raise AssertionError("no new session after 4 tries")
-
-
 async def test_draining_replica_finishes_its_utterance_and_takes_no_new_sessions(fleet: Fleet) -> None:
     draining = fleet.replicas["voicegate-2"]
     async with contextlib.AsyncExitStack() as stack:
@@ -181,23 +168,26 @@ async def test_draining_replica_finishes_its_utterance_and_takes_no_new_sessions
         assert status[1]["status"] == "draining", status
         # ... while the chart's liveness probe still passes (a draining replica must not be restarted)
         assert (await asyncio.to_thread(get_status, draining.url + "/livez"))[0] == 200
-        # The draining replica refuses new sessions and API requests; through the proxy both go elsewhere
-        # (nginx passes a request refused with 503 on to another replica).
+        # It refuses new sessions and API requests itself.
         async with connect(f"ws://127.0.0.1:{draining.port}/v1/session", expect_created=False) as (refused, evt):
             assert evt["code"] == "shutting_down" and await closed_code(refused) == 1013
-        for _ in range(3):
-            assert replica_of((await open_new_session(fleet, stack))["session"]) != "voicegate-2"
         direct = openai.OpenAI(base_url=draining.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30)
         with pytest.raises(openai.APIStatusError) as api_refused:
             await asyncio.to_thread(direct.audio.speech.create, model="tiny", voice="vivian", input="No.",
                                     response_format="pcm")
         assert api_refused.value.status_code == 503
+        # Through the proxy an API request refused with 503 goes on to another replica.
         proxied = openai.OpenAI(base_url=fleet.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30)
-        for _ in range(3):  # least_conn may pick the draining one first: nginx then tries the next
+        for _ in range(3):
             speech = await asyncio.to_thread(proxied.audio.speech.create, model="tiny", voice="vivian",
                                              input="Yes.", response_format="pcm")
             assert len(speech.content) > 0
-        # Producers still join the draining replica's live session through the proxy.
+        # Out of the ready set (Kubernetes: the ready service; here the chart's staticNotReady), it gets no new
+        # sessions through the proxy, while producers still join its live session by id.
+        await asyncio.to_thread(fleet.set_not_ready, ["voicegate-2"])
+        for _ in range(4):
+            _, other = await stack.enter_async_context(connect(fleet.ws_url))
+            assert replica_of(other["session"]) != "voicegate-2"
         async with connect(join_url(fleet, created)) as (_, joined):
             assert joined["role"] == "producer" and joined["session"] == created["session"]
         done = await owner.expect("utterance.done", "utterance.interrupted", timeout=60)

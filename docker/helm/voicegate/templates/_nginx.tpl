@@ -46,7 +46,9 @@ upstream voicegate_any {
     least_conn;
 {{- if $static }}
 {{- range $id := keys $static | sortAlpha }}
+{{- if not (has $id $p.staticNotReady) }}
     server {{ get $static $id }} max_fails=1 fail_timeout=5s;
+{{- end }}
 {{- end }}
 {{- else }}
     # Ready replicas only: a draining (not ready) or terminating one drops out of this name, while its own
