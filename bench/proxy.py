@@ -11,7 +11,7 @@ text in one `text.append` and `text.flush`; `first_audio_ms`: text sent -> first
 `transit_ms` is that less the server's own `audio.first.latency_ms` (its first text in -> first audio out):
 the time on the wire (loopback, and nginx on the proxy path) without the model's time, which on a busy CPU
 varies by far more than a proxy costs. A pair's difference (proxy - direct) is what the proxy adds.
-p50/p95 per path and of the pair differences.
+min/p50/p95 per path and of the pair differences (the minimum is the least disturbed by other load).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ async def one_session(url: str, text: str) -> dict[str, float]:
 
 def stats(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values)
-    return {"p50": round(float(np.percentile(arr, 50)), 3), "p95": round(float(np.percentile(arr, 95)), 3),
-            "mean": round(float(arr.mean()), 3)}
+    return {"min": round(float(arr.min()), 3), "p50": round(float(np.percentile(arr, 50)), 3),
+            "p95": round(float(np.percentile(arr, 95)), 3), "mean": round(float(arr.mean()), 3)}
 
 
 async def measure(direct: str, proxied: str, n: int, text: str, warmup: int = 2) -> dict[str, Any]:
