@@ -19,6 +19,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     # The README command installs then tests; CI installs more (apt, reference env) then runs its last step.
     last_step = command.split("&&")[-1].strip()
     assert ci.rstrip().splitlines()[-1].strip() == last_step
+    for step in command.split("&&")[1:-1]:  # and every install step of the README's command (paths as run there)
+        what = step.split()[-1]  # the package spec or the script the step runs
+        assert what in ci, f"README installs with {step.strip()!r}, .ci/run does not"
 
 
 def test_runtime_code_never_imports_the_reference_package() -> None:
