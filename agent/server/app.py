@@ -5,8 +5,8 @@ session table (agent.server.sessions) and the context the compatible APIs get (a
 
 Drain (the first SIGINT/SIGTERM via `run`; a second one cuts it short): /healthz answers 503 "draining" (a
 readiness probe takes the replica out of its Service) while the port keeps serving; new sessions are
-refused (1013) and new API requests get 503 + Retry-After (agent.server.drain); producers may still join
-the sessions held here. Each session is closed for a restart (`session.closing`, then 1012) as soon as
+refused with 503 + Retry-After before the upgrade, like new API requests (agent.server.drain: a proxy retries
+them on another replica); producers may still join the sessions held here. Each session is closed for a restart (`session.closing`, then 1012) as soon as
 nothing plays in it, at the latest after `drain_grace_s` (what still plays is then interrupted); HTTP answers
 and API sockets that were open get the same grace. Then the shutdown.
 

@@ -1,8 +1,8 @@
 """While the server drains (SIGTERM), new requests to the compatible APIs get 503 with Retry-After.
 
-A proxy (or the client) retries them on another replica. Everything else passes: the session WebSocket
-refuses new sessions itself (with a close code) but lets producers join the sessions still held here, and
-/healthz answers 503 "draining" so that the replica leaves the load balancer. Requests already running
+A proxy (or the client) retries them on another replica. A new session on `/v1/session` gets the same 503
+(agent.server.sessions, which tells a new session from a join); producers still join the sessions held
+here, and /healthz answers 503 "draining" so that the replica leaves the load balancer. Requests already running
 when the drain began are not affected (agent.server.app gives them the drain's grace).
 """
 

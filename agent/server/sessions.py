@@ -1,7 +1,8 @@
 """The session table and the `/v1/session` WebSocket endpoint (docs/protocol.md).
 
 A connection without `?session=` creates a session and owns it; `?session=ID&token=TOKEN` joins one as a
-producer. The API key (when set) is checked before the upgrade (401 with a text body); every other refusal
+producer. The API key (when set) is checked before the upgrade (401 with a text body), and so is a new session
+while the server drains (503 + Retry-After, which a proxy retries on another replica); every other refusal
 happens after it, as an `error` event and a close code the client can act on. One task per connection: the
 reader below; its writes go through the connection's own writer task (agent.session.connection).
 """
@@ -20,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from agent.apis.keys import ApiKey
 from agent.metrics import Metrics
+from agent.server import drain
 from agent.server.replica import join_base, resolve_replica_id
 from agent.session import protocol
 from agent.session.connection import Connection, SocketClosed
@@ -77,6 +79,12 @@ class Sessions:
                 "missing or wrong API key (Authorization: Bearer KEY or ?api_key=KEY)\n", 401,
                 headers={"WWW-Authenticate": "Bearer"}))
             return
+        if self.draining and "session" not in query:
+            # Refused before the upgrade, like the APIs (agent.server.drain): a proxy retries a 503 on another
+            # replica, so a new session opened through it lands elsewhere without the client noticing.
+            self.metrics.errors_total.inc(code=protocol.SHUTTING_DOWN)
+            await ws.send_denial_response(drain.refusal(ws.scope["path"]))
+            return
         await ws.accept()
         await self._serve(ws, query)
 
@@ -114,7 +122,7 @@ class Sessions:
             return None, (protocol.SHUTTING_DOWN, protocol.CLOSE_GOING_AWAY, "server shutting down")
         sid = (query.get("session") or [None])[0]
         if sid is None:
-            if self.draining:
+            if self.draining:  # the drain began between the handshake and here
                 return None, (protocol.SHUTTING_DOWN, protocol.CLOSE_TRY_AGAIN,
                               "server draining: open the session again (another replica takes it)")
             if len(self.table) >= self.settings.max_sessions:
