@@ -22,22 +22,18 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.media.audio import read_wav
 from agent.media.vad import VadSettings, VoiceActivityDetector
 from agent.speech_in.faster_whisper import FasterWhisperRecognizer, FasterWhisperSettings
 from agent.speech_in.service import RecognizerService
 from agent.speech_in.transcriber import TranscriberSettings, UserTranscriber
 from agent.speech_in.turns import TurnEnded, TurnSettings
+from bench.speech import RATE, espeak, wer
 
-RATE = 16000
 FRAME = 320
 SENTENCES = [
     "Could you please tell me the weather forecast for tomorrow morning",
@@ -49,29 +45,6 @@ SENTENCES = [
     "Set a timer for ten minutes and tell me when it is done",
     "I would like to book a table for two people this evening",
 ]
-
-
-def espeak(text: str) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, out = Path(tmp) / "raw.wav", Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "170", "-w", str(raw), text], check=True)
-        subprocess.run(["sox", "-D", str(raw), "-r", str(RATE), "-b", "16", "-c", "1", str(out), "rate", "-v"],
-                       check=True)
-        return read_wav(out)[0]
-
-
-def _words(text: str) -> list[str]:
-    return "".join(c for c in text.lower().replace("-", " ") if c.isalnum() or c == " ").split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = _words(reference), _words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
 
 
 def _utterance(speech: np.ndarray) -> tuple[np.ndarray, int]:

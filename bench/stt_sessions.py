@@ -33,7 +33,8 @@ import websockets
 
 from agent.media.audio import Resampler
 from bench.rtc_client import RtcClient
-from bench.stt import SENTENCES, espeak, wer
+from bench.speech import espeak, wer
+from bench.stt import SENTENCES
 
 SPEECH_RATE = 48000
 

