@@ -14,7 +14,9 @@ const vg = window.vg = {
   events: [], errors: [], notices: [], levels: [], utterances: {}, order: [],
   voices: {}, model: { kind: null, instruct: false },
   connectMs: null, session: null, connected: false, firstLoudAt: null,
+  iceErrors: [],  // icecandidateerror events (a TURN server that refused us or did not answer)
   async stats() { return inboundStats(); },
+  async selectedPair() { return selectedPair(); },
 };
 
 let ws = null, pc = null, mic = null, ctx = null, agentAn = null, micAn = null, timer = null;
@@ -84,7 +86,11 @@ async function connect() {
     send({ type: "session.update", audio: "webrtc", ...voiceFields() });
     voiceIn.connect(created);  // its own session.update: a server without a recognizer refuses it alone
 
-    pc = new RTCPeerConnection({ iceServers: [] });
+    // ICE servers and TURN credentials minted for this session (none: host candidates only)
+    pc = new RTCPeerConnection({ iceServers: created.ice_servers || [],
+      iceTransportPolicy: created.ice_transport_policy || "all" });
+    vg.iceErrors = [];
+    pc.onicecandidateerror = (e) => vg.iceErrors.push(`${e.url}: ${e.errorCode} ${e.errorText}`.trim());
     pc.addTrack(mic.getAudioTracks()[0], mic);
     pc.ontrack = (e) => {
       const stream = e.streams[0] || new MediaStream([e.track]);
@@ -98,11 +104,13 @@ async function connect() {
     };
     await pc.setLocalDescription(await pc.createOffer());
     await iceComplete(pc);
+    const relayOnly = created.ice_transport_policy === "relay";
+    if (relayOnly && !/ typ relay/.test(pc.localDescription.sdp)) throw new Error(turnFailed("no TURN relay candidate"));
     const answer = waitFor("webrtc.answer");
     vg.offerSdp = pc.localDescription.sdp;
     send({ type: "webrtc.offer", sdp: vg.offerSdp });
     await pc.setRemoteDescription({ type: "answer", sdp: (await answer).sdp });
-    await connectedPeer(pc);
+    await connectedPeer(pc).catch((err) => { throw new Error(turnFailed(err.message)); });
     vg.connectMs = Math.round(now() - t0);
     vg.connected = true;
     $("connect-time").textContent = `connected in ${vg.connectMs} ms`;
@@ -157,6 +165,26 @@ function iceComplete(peer) {
     peer.addEventListener("icegatheringstatechange", done);
     setTimeout(resolve, 3000);  // send what we have
   });
+}
+
+// A failure message with what the TURN servers said, if anything (e.g. "401 Unauthorized": a wrong secret).
+function turnFailed(msg) {
+  return vg.iceErrors.length ? `${msg} (TURN: ${[...new Set(vg.iceErrors)].join("; ")})` : msg;
+}
+
+// The nominated candidate pair's local and remote candidate types ("host", "srflx", "prflx", "relay").
+async function selectedPair() {
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+  });
+  if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r; });
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+  return { local: local?.candidateType, remote: remote?.candidateType, localAddress: local?.address,
+    localPort: local?.port, relayProtocol: local?.relayProtocol ?? null };
 }
 
 function connectedPeer(peer) {
