@@ -15,8 +15,10 @@ from aioice import stun, turn
 from agent.cli.ice_options import check_ice_arguments, rtc_settings
 from agent.cli.main import build_parser
 from agent.media.ice import page_ice_servers, session_ice_servers, turn_rest_credentials
-from agent.media.rtc import RtcSettings
+from agent.media.rtc import RtcPeer, RtcSettings
+from agent.media.vad import VadSettings
 from agent.settings import ServerSettings
+from bench.rtc_client import RtcClient
 from tests.agent.conftest import ServerThread, http_get, session_client
 from tests.agent.coturn import Coturn
 
@@ -141,3 +143,18 @@ def test_flags_build_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_flag_combinations_are_usage_errors(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         check_ice_arguments(serve_args(*argv))
+
+
+async def test_the_servers_own_peer_gets_a_relay_candidate(tmp_path: Path) -> None:
+    with Coturn(tmp_path, SECRET) as coturn:
+        settings = RtcSettings(ice_servers=[{"urls": coturn.url}], turn_secret=SECRET, host_addresses=["127.0.0.1"])
+        peer = RtcPeer(settings.for_session("sess_server"), VadSettings(), lambda e, t, onset_t: None)
+        client = RtcClient()
+        try:
+            answer = await peer.answer(await client.offer())
+            assert any(" typ relay " in line for line in answer.splitlines() if line.startswith("a=candidate"))
+        finally:
+            await client.close()
+            await peer.close()
+        (username,) = coturn.allocated_users()
+        assert username.endswith(":sess_server")
