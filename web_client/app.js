@@ -14,7 +14,9 @@ const vg = window.vg = {
   events: [], errors: [], notices: [], levels: [], utterances: {}, order: [],
   voices: {}, model: { kind: null, instruct: false },
   connectMs: null, session: null, connected: false, firstLoudAt: null,
+  iceErrors: [],  // icecandidateerror events (a TURN server that refused us or did not answer)
   async stats() { return inboundStats(); },
+  async selectedPair() { return selectedPair(); },
 };
 
 let ws = null, pc = null, mic = null, ctx = null, agentAn = null, micAn = null, timer = null;
@@ -61,54 +63,10 @@ async function connect() {
     mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false } });
     micAn = analyser(ctx.createMediaStreamSource(mic));
-    const params = new URLSearchParams(location.search);
-    const q = params.get("api_key") ? `?api_key=${encodeURIComponent(params.get("api_key"))}` : "";
-    const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/session${q}`;
-    ws = new WebSocket(wsUrl);
-    ws.onmessage = (e) => { if (typeof e.data === "string") onEvent(JSON.parse(e.data)); };
-    ws.onclose = (e) => {
-      if (vg.connected || e.code !== 1000) {
-        if (e.code !== 1000 && e.code !== 1005) showError(`connection closed (${e.code}${e.reason ? ": " + e.reason : ""})`);
-      }
-      teardown();
-    };
-    const created = await new Promise((resolve, reject) => {
-      ws.addEventListener("message", function first(e) {
-        const m = JSON.parse(e.data);
-        ws.removeEventListener("message", first);
-        m.type === "session.created" ? resolve(m) : reject(new Error(m.message || m.type));
-      });
-      ws.onerror = () => reject(new Error(`cannot reach ${wsUrl}`));
-    });
-    fillPickers(created);
-    send({ type: "session.update", audio: "webrtc", ...voiceFields() });
-    voiceIn.connect(created);  // its own session.update: a server without a recognizer refuses it alone
-
-    pc = new RTCPeerConnection({ iceServers: [] });
-    pc.addTrack(mic.getAudioTracks()[0], mic);
-    pc.ontrack = (e) => {
-      const stream = e.streams[0] || new MediaStream([e.track]);
-      const el = $("remote");
-      el.srcObject = stream;  // Chrome pulls a remote track only when a media element plays it
-      el.play().catch((err) => showError(`audio playback blocked: ${err.message}`));
-      agentAn = analyser(ctx.createMediaStreamSource(stream));
-    };
-    pc.onconnectionstatechange = () => {
-      if (pc && pc.connectionState === "failed") showError("WebRTC connection failed");
-    };
-    await pc.setLocalDescription(await pc.createOffer());
-    await iceComplete(pc);
-    const answer = waitFor("webrtc.answer");
-    vg.offerSdp = pc.localDescription.sdp;
-    send({ type: "webrtc.offer", sdp: vg.offerSdp });
-    await pc.setRemoteDescription({ type: "answer", sdp: (await answer).sdp });
-    await connectedPeer(pc);
+    await openSession();
     vg.connectMs = Math.round(now() - t0);
-    vg.connected = true;
     $("connect-time").textContent = `connected in ${vg.connectMs} ms`;
-    setStatus("connected", "connected");
-    for (const id of ["disconnect", "text", "speak", "stop", "voice", "language"]) $(id).disabled = false;
-    syncInstruct();
+    sessionUp();
     $("text").focus();
     timer = setInterval(tick, 20);
   } catch (err) {
@@ -118,18 +76,122 @@ async function connect() {
   }
 }
 
-function teardown() {
+// One session over the page's mic and audio context: the WebSocket, session.created, the WebRTC peer.
+// `keep`: the voice fields chosen in the session before (a reconnect), asked of this one where it offers them.
+async function openSession(keep = null) {
+  const params = new URLSearchParams(location.search);
+  const q = params.get("api_key") ? `?api_key=${encodeURIComponent(params.get("api_key"))}` : "";
+  const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/session${q}`;
+  const socket = ws = new WebSocket(wsUrl);
+  ws.onmessage = (e) => { if (typeof e.data === "string") onEvent(JSON.parse(e.data)); };
+  ws.onclose = (e) => {
+    if (socket !== ws) return;
+    // The server drained (session.closing, then 1012): a new session, on another replica behind the proxy.
+    if (vg.connected && (e.code === 1012 || vg.closing)) { reconnect(); return; }
+    if (vg.connected || e.code !== 1000) {
+      if (e.code !== 1000 && e.code !== 1005) showError(`connection closed (${e.code}${e.reason ? ": " + e.reason : ""})`);
+    }
+    teardown();
+  };
+  const created = await new Promise((resolve, reject) => {
+    ws.addEventListener("message", function first(e) {
+      const m = JSON.parse(e.data);
+      ws.removeEventListener("message", first);
+      m.type === "session.created" ? resolve(m) : reject(new Error(m.message || m.type));
+    });
+    ws.onerror = () => reject(new Error(`cannot reach ${wsUrl}`));
+  });
+  vg.closing = false;
+  fillPickers(created);
+  const fields = voiceFields();
+  if (keep?.voice && vg.voices[keep.voice]) fields.voice = $("voice").value = keep.voice;
+  if (keep?.language && created.languages.includes(keep.language)) fields.language = $("language").value = keep.language;
+  if (keep?.instruct) fields.instruct = keep.instruct;
+  send({ type: "session.update", audio: "webrtc", ...fields });
+  voiceIn.connect(created);  // its own session.update: a server without a recognizer refuses it alone
+
+  // ICE servers and TURN credentials minted for this session (none: host candidates only)
+  pc = new RTCPeerConnection({ iceServers: created.ice_servers || [],
+    iceTransportPolicy: created.ice_transport_policy || "all" });
+  vg.iceErrors = [];
+  pc.onicecandidateerror = (e) => vg.iceErrors.push(`${e.url}: ${e.errorCode} ${e.errorText}`.trim());
+  pc.addTrack(mic.getAudioTracks()[0], mic);
+  pc.ontrack = (e) => {
+    const stream = e.streams[0] || new MediaStream([e.track]);
+    const el = $("remote");
+    el.srcObject = stream;  // Chrome pulls a remote track only when a media element plays it
+    el.play().catch((err) => showError(`audio playback blocked: ${err.message}`));
+    agentAn = analyser(ctx.createMediaStreamSource(stream));
+  };
+  const peer = pc;
+  pc.onconnectionstatechange = () => {
+    if (peer === pc && pc.connectionState === "failed") showError("WebRTC connection failed");
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceComplete(pc);
+  if (created.ice_transport_policy === "relay" && !/ typ relay/.test(pc.localDescription.sdp)) {
+    throw new Error(turnFailed("no TURN relay candidate"));
+  }
+  const answer = waitFor("webrtc.answer");
+  vg.offerSdp = pc.localDescription.sdp;
+  send({ type: "webrtc.offer", sdp: vg.offerSdp });
+  await pc.setRemoteDescription({ type: "answer", sdp: (await answer).sdp });
+  await connectedPeer(pc).catch((err) => { throw new Error(turnFailed(err.message)); });
+}
+
+function sessionUp() {
+  vg.connected = true;
+  setStatus("connected", "connected");
+  for (const id of ["disconnect", "text", "speak", "stop", "voice", "language"]) $(id).disabled = false;
+  syncInstruct();
+}
+
+// The session's socket and peer, not the mic, the audio context or the conversation (LLM turns, choices).
+function closeSession() {
   vg.connected = false;
   abortLlm();
-  clearInterval(timer); timer = null;
   if (ws) { ws.onclose = null; ws.close(1000); ws = null; }
   if (pc) { pc.close(); pc = null; }
-  if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
-  if (ctx) { ctx.close(); ctx = null; }
-  agentAn = micAn = null;
+  agentAn = null;
   fed = ""; pending = []; openLocal = null;
   voiceIn.disconnect();
   $("remote").srcObject = null;
+}
+
+// After a drain: a new session with the same voice choices; the chat with the LLM goes on in it.
+async function reconnect() {
+  const keep = { voice: $("voice").value, language: $("language").value,
+    instruct: $("instruct").disabled ? "" : $("instruct").value.trim() };
+  closeSession();
+  vg.reconnects = (vg.reconnects || 0) + 1;
+  setStatus("reconnecting…");
+  for (const id of ["text", "speak", "stop", "voice", "language", "instruct"]) $(id).disabled = true;
+  let lastError = null;
+  for (const delayMs of [0, 250, 500, 1000, 2000, 4000]) {
+    await new Promise((r) => setTimeout(r, delayMs));
+    if (!mic) return;  // the user disconnected meanwhile
+    try {
+      await openSession(keep);
+      vg.reconnectedAt = now();
+      sessionUp();
+      showNotice("reconnected: the server restarted, this is a new session");
+      return;
+    } catch (err) {
+      lastError = err;
+      closeSession();
+    }
+  }
+  showError(`reconnect failed: ${lastError?.message ?? lastError}`);
+  setStatus("error", "error");
+  teardown();
+}
+
+function teardown() {
+  closeSession();
+  clearInterval(timer); timer = null;
+  if (mic) { mic.getTracks().forEach((t) => t.stop()); mic = null; }
+  if (ctx) { ctx.close(); ctx = null; }
+  micAn = null;
   for (const id of ["disconnect", "text", "speak", "stop", "voice", "language", "instruct", "copy"]) $(id).disabled = true;
   $("connect").disabled = false;
   if (!$("status").classList.contains("error")) setStatus("disconnected");
@@ -157,6 +219,26 @@ function iceComplete(peer) {
     peer.addEventListener("icegatheringstatechange", done);
     setTimeout(resolve, 3000);  // send what we have
   });
+}
+
+// A failure message with what the TURN servers said, if anything (e.g. "401 Unauthorized": a wrong secret).
+function turnFailed(msg) {
+  return vg.iceErrors.length ? `${msg} (TURN: ${[...new Set(vg.iceErrors)].join("; ")})` : msg;
+}
+
+// The nominated candidate pair's local and remote candidate types ("host", "srflx", "prflx", "relay").
+async function selectedPair() {
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+  });
+  if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") pair = r; });
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+  return { local: local?.candidateType, remote: remote?.candidateType, localAddress: local?.address,
+    localPort: local?.port, relayProtocol: local?.relayProtocol ?? null };
 }
 
 function connectedPeer(peer) {
@@ -484,6 +566,7 @@ function onEvent(m) {
       syncInstruct();
       break;
     case "webrtc.state": if (m.state === "failed") showError("WebRTC: the server's peer failed"); break;
+    case "session.closing": if (m.reconnect) { vg.closing = true; setStatus("server restarting…"); } break;
   }
 }
 

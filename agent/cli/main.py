@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from agent.cli.engine_options import add_engine_arguments
 from agent.cli.fleet_options import add_fleet_arguments, fleet_settings
+from agent.cli.ice_options import add_ice_arguments, check_ice_arguments, rtc_settings
 from agent.cli.stt_options import add_stt_arguments, open_recognizer_service
 from agent.cli.voices import add_parser as add_voices_parser
 from agent.cli.voices import add_voices_dir
@@ -212,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                       start_buffer_ms=args.start_buffer_ms,
                                                       echo_guard_ms=args.echo_guard_ms))
     settings.check_exposure()  # before loading a model: refuse an open port without a key at once
+    check_ice_arguments(args)
     stt = open_recognizer_service(args)  # before the TTS model too: a bad --stt fails fast (ValueError: exit 2)
     logging.getLogger("agent.server.websocket").setLevel(logging.WARNING)  # one line per connection is too chatty
     import torch
@@ -224,12 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, precision=args.precision)
     engine = build_engine(model, args.compile, max_streams=args.max_streams)
-    rtc_settings = None
-    if args.ice_server:
-        from agent.media.rtc import RtcSettings
-
-        rtc_settings = RtcSettings(ice_servers=[{"urls": url} for url in args.ice_server])
-    server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings, stt=stt)
+    server = Server(engine, settings, model_name=args.model, rtc_settings=rtc_settings(args), stt=stt)
 
     def started(srv: Server) -> None:
         print(f"voicegate: serving {args.model} on http://{args.host}:{srv.port}/ (WebSocket /v1/session; "
@@ -324,8 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "real time then plays without gaps, later)")
     sv.add_argument("--echo-guard-ms", type=float, default=0.0,
                     help="default: ignore user speech that starts this soon after playback starts")
-    sv.add_argument("--ice-server", action="append", metavar="URL",
-                    help="STUN/TURN server URL for WebRTC (repeatable; default: none, host candidates only)")
+    add_ice_arguments(sv)
     sv.add_argument("--engine-nice", type=int, default=5,
                     help="nice value of the engine thread, so that paced audio and barge-in win the CPU (0: off)")
     sv.add_argument("--static-dir", help="serve this folder at / instead of the bundled web_client")

@@ -18,7 +18,8 @@ next in sequence; a hole is given up on once `reorder_packets` later packets hav
 reordering. Measured (bench/bargein.py): mic frame -> VAD ~5-10 ms instead of ~85-90 ms.
 
 ICE. `iceServers` comes from `RtcSettings.ice_servers` (default [] = no STUN; aiortc's own default would be
-Google's STUN server). aioice never offers 127.0.0.1; `RtcSettings.include_loopback` (default True) adds it
+Google's STUN server); with `turn_secret`, `for_session(name)` gives TURN entries that session's credentials
+(agent/media/ice.py; the page gets the same ones in session.created). aioice never offers 127.0.0.1; `RtcSettings.include_loopback` (default True) adds it
 and `host_addresses` replaces the interface list (tests use ["127.0.0.1"] for loopback-only), for this peer's
 gathering only (agent/media/aiortc_patches.py `use_host_addresses`).
 
@@ -42,7 +43,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import av
 import numpy as np
@@ -57,6 +58,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from agent.media.aiortc_patches import LowLatencyAudioBuffer, install_receive_buffer, use_host_addresses
 from agent.media.audio import WEBRTC_RATE, Resampler, audio_frame, fade_out
+from agent.media.ice import DEFAULT_TURN_TTL_S, session_ice_servers
 from agent.media.vad import SPEECH_STARTED, MicConverter, OnFrame, VadSettings, VoiceActivityDetector
 from agent.settings import RTP_FRAME_MS
 
@@ -76,6 +78,11 @@ class RtcSettings:
     max_backlog: int = 1  # low_latency: ready packets held behind the one released (older ones dropped)
     fade_ms: float = 10.0  # default fade of OutboundAudio.flush()
     resync_after_ms: float = 500.0  # outbound: a recv() later than this re-anchors the clock (no burst)
+    # TURN entries of ice_servers without credentials get per-session ones from this shared secret
+    # (coturn's static-auth-secret; agent/media/ice.py); never logged (repr=False)
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: int = DEFAULT_TURN_TTL_S
+    relay_only: bool = False  # the page's iceTransportPolicy "relay" (media must go through TURN)
 
     def __post_init__(self) -> None:
         if self.receive_buffer not in ("low_latency", "aiortc"):
@@ -83,6 +90,13 @@ class RtcSettings:
         for server in self.ice_servers:
             if not isinstance(server, dict) or not (server.get("urls") or server.get("url")):
                 raise ValueError(f"ice server needs 'urls' (or 'url'): {server!r}")
+
+    def for_session(self, name: str) -> RtcSettings:
+        """These settings with the TURN credentials minted for session `name` (the server's own peer)."""
+        if not self.turn_secret:
+            return self
+        return replace(self, ice_servers=session_ice_servers(self.ice_servers, self.turn_secret, self.turn_ttl_s,
+                                                             name), turn_secret=None)
 
     def rtc_ice_servers(self) -> list[RTCIceServer]:
         return [RTCIceServer(urls=s.get("urls") or s["url"], username=s.get("username"),

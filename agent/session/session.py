@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 from tokenizers import Tokenizer
 
+from agent.media.ice import page_ice_servers
 from agent.media.playout import AudioOut, PacedSink, RtcSink
 from agent.metrics import Metrics
 from agent.session import protocol
@@ -86,6 +87,7 @@ class Session:
         created = protocol.event("session.created", session=self.id, token=self.token, sample_rate=SAMPLE_RATE,
                                  frame_ms=ENGINE_FRAME_MS, role=conn.role, replica=self.replica,
                                  join_url=self.join_url, config=self.config(),
+                                 **page_ice_servers(self.rtc_settings, self.id),
                                  limits={"max_utterance_chars": self.settings.max_utterance_chars,
                                          "max_queued_utterances": self.settings.max_queued_utterances},
                                  **self.info.describe())
@@ -261,8 +263,8 @@ class Session:
         if old is not None:
             self.out.replace(self._paced_sink())
             await old.close()
-        peer = RtcPeer(self.rtc_settings if self.rtc_settings is not None else RtcSettings(), vad,
-                       self.on_speech)
+        rtc = self.rtc_settings if self.rtc_settings is not None else RtcSettings()
+        peer = RtcPeer(rtc.for_session(self.id), vad, self.on_speech)
         try:
             answer = await peer.answer(msg.sdp)
         except Exception as exc:

@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from agent.cli.ice_options import check_ice_arguments
 from agent.cli.main import build_parser
 from tests.deploy.chart import (
     CHART,
@@ -38,6 +39,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                    "serve": {"publicUrl": "https://voice.example.com"}},
     "no-proxy-existing-secret": {"proxy": {"enabled": False}, "podDisruptionBudget": {"enabled": False},
                                  "auth": {"existingSecret": "voicegate-keys"}},
+    "turn": {"turn": {"enabled": True, "secret": "turn-test-secret", "relayOnly": True, "externalIp": "203.0.113.7",
+                      "urls": ["turn:turn.example.com:3478?transport=udp",
+                               "turn:turn.example.com:3478?transport=tcp"]},
+             "media": {"iceServers": ["stun:stun.example.org:3478"]}},
+    "turn-existing-secret": {"turn": {"enabled": True, "existingSecret": "turn-keys", "secretKey": "shared",
+                                      "urls": ["turn:203.0.113.7:3478"]}},
 }
 
 
@@ -195,3 +202,58 @@ def test_debian_nginx_accepts_the_loopback_render(tmp_path: Path) -> None:
     cmd = nginx_command(main)
     done = subprocess.run([*cmd[:-2], "-g", f"pid {tmp_path}/nginx.pid;", "-t"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def env_secret(env: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return dict(next(e for e in env if e["name"] == name)["valueFrom"]["secretKeyRef"])
+
+
+def test_turn_is_off_by_default() -> None:
+    docs = render()
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-turn")]
+    main = container(docs)
+    assert "VOICEGATE_TURN_SECRET" not in {e["name"] for e in main["env"]}
+    assert not [a for a in main["args"] if a.startswith(("--turn", "--ice-relay"))]
+
+
+def test_turn_shares_its_secret_with_the_replicas_and_its_urls_reach_the_page() -> None:
+    docs = render(VARIANTS["turn"])
+    coturn = find(docs, "Deployment", "voicegate-turn")
+    pod = coturn["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= coturn["spec"]["template"]["metadata"]["labels"].items()
+    (turnserver,) = pod["containers"]
+    assert turnserver["image"].startswith("coturn/coturn:")
+    args = turnserver["args"]
+    assert {"--use-auth-secret", "--no-cli", "--listening-port=3478", "--external-ip=203.0.113.7"} <= set(args)
+    assert "--static-auth-secret=$(TURN_SECRET)" in args  # Kubernetes substitutes it from the env
+    # one Secret, read by coturn and by every replica
+    ref = env_secret(turnserver["env"], "TURN_SECRET")
+    main = container(docs)
+    assert env_secret(main["env"], "VOICEGATE_TURN_SECRET") == ref
+    assert find(docs, "Secret", ref["name"])["stringData"][ref["key"]] == "turn-test-secret"
+    assert not any("turn-test-secret" in a for a in main["args"] + args)  # never in a command line
+    # the replicas offer the TURN URLs (and the other ICE servers) to their peers and pages, relay only
+    parsed = build_parser().parse_args(main["args"])
+    assert parsed.ice_server == ["stun:stun.example.org:3478", "turn:turn.example.com:3478?transport=udp",
+                                 "turn:turn.example.com:3478?transport=tcp"]
+    assert parsed.ice_relay_only and parsed.turn_ttl == 86400
+    check_ice_arguments(parsed)  # a consistent set: serve would start
+    # the replica pods stay off the host network: coturn relays to their pod addresses
+    assert "hostNetwork" not in statefulset(docs)["spec"]["template"]["spec"]
+
+
+def test_turn_with_an_existing_secret_and_its_required_values() -> None:
+    docs = render(VARIANTS["turn-existing-secret"])
+    ref = env_secret(container(docs)["env"], "VOICEGATE_TURN_SECRET")
+    assert ref == {"name": "turn-keys", "key": "shared"}
+    assert env_secret(find(docs, "Deployment", "voicegate-turn")["spec"]["template"]["spec"]["containers"][0]["env"],
+                      "TURN_SECRET") == ref
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "turn-keys"]
+    assert not build_parser().parse_args(container(docs)["args"]).ice_relay_only
+    for values, missing in (({"turn": {"enabled": True, "secret": "s"}}, "turn.urls"),
+                            ({"turn": {"enabled": True, "urls": ["turn:t.example:3478"]}}, "turn.secret")):
+        with pytest.raises(RuntimeError, match=re.escape(missing)):
+            render(values)

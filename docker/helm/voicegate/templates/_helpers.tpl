@@ -51,3 +51,18 @@ app.kubernetes.io/component: proxy
 {{- define "voicegate.terminationGrace" -}}
 {{- add (int .Values.preStopSleep) (int (ceil .Values.serve.drainGrace)) (int .Values.terminationMargin) -}}
 {{- end -}}
+
+{{- define "voicegate.turnName" -}}
+{{- printf "%s-turn" (include "voicegate.fullname" .) -}}
+{{- end -}}
+
+{{/* The Secret holding coturn's static-auth-secret, which the replicas share (VOICEGATE_TURN_SECRET). */}}
+{{- define "voicegate.turnSecretName" -}}
+{{- default (include "voicegate.turnName" .) .Values.turn.existingSecret -}}
+{{- end -}}
+
+{{- define "voicegate.turnSelector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: turn
+{{- end -}}
