@@ -57,6 +57,9 @@ async def test_session_refusals_leave_nothing_behind(server: ServerThread) -> No
             await client.expect("session.updated")
             await client.send(type="text.append", text="A long one. " * 300)
             await client.send(type="text.flush")
+            # playing, so it no longer counts as waiting (sent in one burst with the rest, it could still be
+            # waiting when the 16th arrives: that one would be refused instead, and a later one accepted)
+            await client.expect("utterance.started")
             for _ in range(16):
                 await client.send(type="text.append", text="Queued. ")
                 await client.send(type="text.flush")
