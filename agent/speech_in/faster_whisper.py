@@ -1,8 +1,7 @@
 """The faster-whisper backend (CTranslate2): int8 on a CPU, float16 on CUDA, local model files only.
 
 CTranslate2 releases the GIL while it decodes, so the service's worker thread leaves the event loop free.
-Partials decode greedily; finals use `beam_size` and, if asked, word timings. Neither falls back to
-sampling at higher temperatures unless `fallback_temperatures` asks for it (see there). A turn is at most 30 s (one
+Partials decode greedily; finals use `beam_size` and, if asked, word timings. A turn is at most 30 s (one
 Whisper window), so segment timestamps are not decoded unless word timings are asked for.
 """
 
@@ -29,10 +28,6 @@ class FasterWhisperSettings:
     compute_type: str = "auto"  # auto: int8 on a CPU, float16 on CUDA; or any CTranslate2 compute type
     cpu_threads: int = 0  # 0: CTranslate2's default
     beam_size: int = 1  # finals; greedy keeps the end-of-turn latency low (5 is Whisper's usual)
-    # Whisper's fallback re-decodes a final by sampling at these temperatures when the first decode looks
-    # unlikely. Off by default: the sampled text then depends on the process's random state (the same turn
-    # gave different words in different runs), and each fallback adds a whole decode to the turn's latency.
-    fallback_temperatures: tuple[float, ...] = ()
     word_timestamps: bool = False  # finals only: extra alignment pass
     # Whisper makes up text on silence; a segment it thinks is silence is dropped (its own threshold).
     no_speech_threshold: float = 0.6
@@ -73,9 +68,8 @@ class FasterWhisperRecognizer:
         words = s.word_timestamps and not partial
         segments, info = self._model.transcribe(
             audio, language=language, beam_size=1 if partial else s.beam_size,
-            # each turn stands alone: no prompt from earlier windows; one deterministic decode unless asked
-            condition_on_previous_text=False,
-            temperature=0.0 if partial or not s.fallback_temperatures else [0.0, *s.fallback_temperatures],
+            # each turn stands alone: no prompt from earlier windows, no temperature fallback on partials
+            condition_on_previous_text=False, temperature=0.0 if partial else [0.0, 0.2, 0.4],
             without_timestamps=not words, word_timestamps=words, no_speech_threshold=s.no_speech_threshold,
             vad_filter=False)
         texts: list[str] = []
