@@ -30,7 +30,6 @@ LONG = ["It", " goes", " on:", *[f" word{i}" for i in range(150)]]  # spoken for
 SHORT = ["Sure", ", ", "here", " it", " is", "."]
 TYPED = ["Bye", "."]
 MAX_WER = 0.3
-MAX_WER_OVER_AGENT = 0.5
 
 # Records, with the page's clock, every text the pending user bubble shows (a MutationObserver on the LLM log).
 WATCH_PENDING = """() => {
@@ -105,6 +104,14 @@ def test_spoken_questions_are_asked_and_a_barge_in_keeps_what_was_heard(stt_web_
     # t=3 s: the question (the peer is connected by then); t=13 s: a follow-up over the long spoken reply (its
     # first audio came at 8-9 s on a loaded 2-core VM)
     page = launch(mic_wav(tmp_path / "mic.wav", (3.0, QUESTION), (13.0, FOLLOW_UP)))
+    # The fake mic has no acoustic path from the page's speaker, so there is no echo to cancel; the browser's
+    # echo canceller, fed the agent's voice as its reference, still altered the follow-up said over it
+    # ("about the weather" heard as "I'm out of it where, Luke" in 1 of 3 runs; 0 of 3 with it off)
+    page.add_init_script("""(() => {
+      const getUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+      navigator.mediaDevices.getUserMedia = (constraints) => getUserMedia(
+        {...constraints, audio: {...constraints.audio, echoCancellation: false}});
+    })();""")
     errors = open_page(page, stt_web_server.url)
     box = page.get_by_role("checkbox", name="Voice input")
     page.wait_for_function("!document.getElementById('voice-in').disabled", timeout=5000)  # /healthz: stt
@@ -139,8 +146,7 @@ def test_spoken_questions_are_asked_and_a_barge_in_keeps_what_was_heard(stt_web_
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[1]["content"] == asked
     assert second[2]["content"] == cut["spoken_text"] and len(cut["spoken_text"]) < len("".join(LONG))
-    # said over the agent's voice, which the page's echo canceller works on: a looser match
-    assert wer(FOLLOW_UP, second[3]["content"]) <= MAX_WER_OVER_AGENT, second[3]
+    assert wer(FOLLOW_UP, second[3]["content"]) <= MAX_WER, second[3]
     done = wait_event(page, "utterance.done", timeout=30)
     assert done["text_fed"] == "".join(SHORT)
 
