@@ -12,7 +12,10 @@ with no `transcribe` before it is taken as a legacy client's: it gets `transcrip
 decodes run for it.
 
 Partials: after every `PARTIAL_EVERY_S` of new audio, the whole request so far goes to `service.partial` in a
-task of its own (at most one per request in flight; the read loop never waits on it). Whisper decodes the
+task of its own (at most one per request in flight; the read loop never waits on it), but only while the user
+speaks: the VAD must have heard speech in the last `PARTIAL_SPEECH_S` of audio. In the silence that ends a
+command (the client's VAD waits for it) the audio-stop is near, and a decode cannot be interrupted, so a
+partial started then would make the final wait behind it. Whisper decodes the
 audio anew each time, so a hypothesis can revise its earlier words, while Wyoming's chunks are appended by
 clients. A chunk therefore carries only new words that follow, unchanged, the words already sent, and never
 a hypothesis' last word (the audio may end inside it). The chunks joined are a first draft; `transcript` is
@@ -38,6 +41,7 @@ import numpy as np
 from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.event import Event
 
+from agent.media.vad import VoiceActivityDetector
 from agent.speech_in.recognizer import SAMPLE_RATE, STT_UNAVAILABLE, SttError
 from agent.speech_in.service import RecognizerService
 from agent.voices.errors import UNSUPPORTED_LANGUAGE
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_AUDIO_S = 30.0  # one request's audio (Whisper's window); past it the request fails with audio_too_long
 PARTIAL_EVERY_S = 1.0  # new audio between two partial decodes of a streaming request
+PARTIAL_SPEECH_S = 0.2  # a partial starts only if the VAD heard speech this recently (longer than a word gap)
 
 # Error codes of this module (the recognizer's own: stt_unavailable, stt_failed, stt_busy)
 BAD_AUDIO_FORMAT = "bad_audio_format"
@@ -112,6 +117,23 @@ class Request:
     sent_words: list[str] = field(default_factory=list)
     partials: int = 0
     began: float = field(default_factory=time.monotonic)
+    vad: VoiceActivityDetector = field(default_factory=VoiceActivityDetector)  # streaming requests only
+    vad_rest: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # part of a frame
+    last_speech: int = -1  # samples up to the end of the latest speech frame; -1: none yet
+
+    def hear(self, pcm: np.ndarray) -> None:
+        """Run the VAD over the new audio (whole 20 ms frames; a part frame waits for the next chunk)."""
+        frame = self.vad.settings.frame_samples
+        audio = np.concatenate([self.vad_rest, pcm])
+        whole = len(audio) - len(audio) % frame
+        start = self.samples - len(audio)  # the sample index of audio[0]
+        for i in range(0, whole, frame):
+            if self.vad.is_speech(audio[i:i + frame].tobytes()):
+                self.last_speech = start + i + frame
+        self.vad_rest = audio[whole:]
+
+    def speaking(self) -> bool:
+        return self.last_speech >= 0 and self.samples - self.last_speech <= PARTIAL_SPEECH_S * SAMPLE_RATE
 
 
 class SpeechToText:
@@ -210,8 +232,11 @@ class SpeechToText:
         req.parts.append(pcm)
         req.samples += len(pcm)
         req.since_partial += len(pcm)
+        if not req.streaming:
+            return
+        req.hear(pcm)
         idle = req.partial is None or req.partial.done()
-        if req.streaming and idle and req.since_partial >= PARTIAL_EVERY_S * SAMPLE_RATE:
+        if idle and req.since_partial >= PARTIAL_EVERY_S * SAMPLE_RATE and req.speaking():
             req.since_partial = 0
             req.partial = asyncio.create_task(self._partial(req, np.concatenate(req.parts)),
                                               name=f"wyoming-stt-partial-{req.id}")

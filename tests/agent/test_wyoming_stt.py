@@ -28,7 +28,7 @@ from agent.cli.main import main
 from agent.speech_in.faster_whisper import FasterWhisperRecognizer, FasterWhisperSettings
 from agent.speech_in.recognizer import Transcript as SttTranscript
 from agent.speech_in.service import RecognizerService, ServiceSettings
-from agent.wyoming.asr import MAX_AUDIO_S, agreed_words
+from agent.wyoming.asr import MAX_AUDIO_S, PARTIAL_SPEECH_S, Request, agreed_words
 from agent.wyoming.audio_in import AudioFormat, AudioIn, BadAudio, format_of
 from agent.wyoming.handler import WyomingService, WyomingSettings
 
@@ -357,3 +357,41 @@ def test_cli_refuses_a_missing_stt_model_before_loading_anything(capsys: pytest.
     assert len(err) == 1 and err[0].startswith("error: --stt faster-whisper:") and "/nonexistent" in err[0], err
     assert "nonexistent-tts" not in err[0]  # the recognizer is checked first
     assert time.monotonic() - started < 10
+
+
+def test_a_request_knows_whether_the_user_is_still_speaking(speech: np.ndarray) -> None:
+    """The VAD over 100 ms chunks: speaking through the sentence, not once PARTIAL_SPEECH_S of silence follows."""
+    req = Request(id=1, language="en", streaming=True)
+    heard: list[bool] = []
+    for chunk in np.array_split(np.concatenate([speech, np.zeros(RATE, np.int16)]),
+                                (len(speech) + RATE) // (RATE // 10)):
+        req.samples += len(chunk)
+        req.hear(chunk)
+        heard.append(req.speaking())
+    spoken = len(speech) // (RATE // 10)
+    assert sum(heard[:spoken]) >= 0.7 * spoken  # (the pauses between words may be quiet)
+    silent_after = int(PARTIAL_SPEECH_S * 10) + 1
+    assert not any(heard[spoken + silent_after:]), heard[spoken:]
+
+
+async def test_no_partial_starts_in_the_silence_that_ends_a_command(service: WyomingService,
+                                                                   speech: np.ndarray) -> None:
+    """A partial decode cannot be interrupted: one started in the closing silence would delay the final."""
+    assert service.recognizer is not None
+    stats = service.recognizer.stats
+    async with client(service) as c:
+        await c.write_event(Transcribe(language="en").event())
+        await c.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+        for chunk in chunks_of(speech.tobytes(), MONO16K):
+            await c.write_event(chunk.event())
+        async with asyncio.timeout(30):  # the partial started at 1 s of speech has finished
+            while stats.done < 1:
+                await asyncio.sleep(0.02)
+        before = stats.done
+        # over 1 s of new audio since that partial, the service idle: only the silence keeps a partial from starting
+        await c.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=bytes(2 * 3 * RATE)).event())
+        await c.write_event(AudioStop().event())
+        events = await read_until(c, "transcript-stop", timeout=60)
+        final = next(Transcript.from_event(e) for e in events if e.type == "transcript")
+        assert wer(SENTENCE, final.text) <= 0.3, final.text
+        assert stats.done == before + 1, (before, stats.done)  # the final alone
