@@ -98,6 +98,8 @@ async def _stream(k: int, n: int, audios: list[tuple[str, np.ndarray, int]], ser
 
 
 def _pcts(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
     return {"p50": round(float(np.percentile(values, 50)), 1), "p95": round(float(np.percentile(values, 95)), 1),
             "max": round(max(values), 1)}
 

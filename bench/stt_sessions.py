@@ -34,7 +34,7 @@ import websockets
 from agent.media.audio import Resampler
 from bench.rtc_client import RtcClient
 from bench.speech import espeak, wer
-from bench.stt import SENTENCES
+from bench.stt import SENTENCES, _pcts
 
 SPEECH_RATE = 48000
 
@@ -42,13 +42,6 @@ SPEECH_RATE = 48000
 def _to_48k(pcm16k: np.ndarray) -> np.ndarray:
     resampler = Resampler(16000, SPEECH_RATE)
     return np.concatenate([resampler.push(pcm16k), resampler.drain()])
-
-
-def _pcts(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {"p50": round(float(np.percentile(values, 50)), 1), "p95": round(float(np.percentile(values, 95)), 1),
-            "max": round(max(values), 1)}
 
 
 class Events:

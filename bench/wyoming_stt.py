@@ -33,6 +33,7 @@ from wyoming.client import AsyncTcpClient
 from agent.wyoming import asr
 from bench.speech import RATE, espeak, wer
 from bench.stt import SENTENCES
+from bench.wyoming import summary
 
 MODES = ("legacy", "streaming", "streaming_ungated")
 CHUNK = RATE // 10  # 100 ms
@@ -56,13 +57,6 @@ async def one_request(port: int, pcm: np.ndarray, streaming: bool) -> tuple[floa
             assert event is not None, "the server closed the connection"
             if Transcript.is_type(event.type):
                 return (time.perf_counter() - stop_sent) * 1e3, Transcript.from_event(event).text
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": round(statistics.median(ordered), 1),
-            "p95": round(ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)], 1),
-            "max": round(ordered[-1], 1)}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

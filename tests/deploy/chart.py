@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from bench.fleet import (  # noqa: F401  (re-exported for the tests)
-    API_KEY,
-    CHART,
-    ROOT,
-    find,
-    helm_binary,
-    loopback_values,
-    nginx_command,
-    nginx_conf,
-    render,
-    write_nginx_main,
-)
+from bench.fleet import ROOT, helm_binary
 
 NGINX_REFERENCE = ROOT / "docker" / "nginx" / "voicegate.conf"
 

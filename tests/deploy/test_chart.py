@@ -15,12 +15,10 @@ import pytest
 
 from agent.cli.ice_options import check_ice_arguments
 from agent.cli.main import build_parser
-from tests.deploy.chart import (
+from bench.fleet import (
     CHART,
-    NGINX_REFERENCE,
     ROOT,
     find,
-    helm,
     helm_binary,
     loopback_values,
     nginx_command,
@@ -28,6 +26,7 @@ from tests.deploy.chart import (
     render,
     write_nginx_main,
 )
+from tests.deploy.chart import NGINX_REFERENCE, helm
 
 K8S_VERSION = "1.33.0"  # the oldest release whose schema has every field the chart uses, still supported
 VARIANTS: dict[str, dict[str, Any]] = {
